@@ -1,0 +1,101 @@
+"""The `cream` command: run locally, validate a CreamRun, print the CRD, run the operator."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cream_stages import artifacts
+
+from . import crd, local, specfile
+
+
+def _validate(args) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            specfile.load(path)
+        except specfile.SpecError as exc:
+            failed = True
+            print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+        else:
+            print(f"{path}: valid")
+    return 1 if failed else 0
+
+
+def _run(args) -> int:
+    try:
+        run = specfile.load(args.file)
+    except specfile.SpecError as exc:
+        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return 2
+    root = local.run_root(run, args.out)
+    print(f"cream run {run.metadata['name']}: artifacts in {root}", flush=True)
+    try:
+        results, ran = local.execute(run, root, log=lambda m: print(m, flush=True))
+    except local.StageFailed as exc:
+        print(f"error: {exc}; fix the cause and run the same command again to resume",
+              file=sys.stderr)
+        return 1
+    except artifacts.ArtifactError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    doc = local.results_document(results)
+    artifacts.write_json(artifacts.join(root, "results.json"), doc)
+    print()
+    print(local.format_table(results))
+    print(f"\n{ran} stage(s) ran; results in {artifacts.join(root, 'results.json')}")
+    return 0
+
+
+def _crd(_args) -> int:
+    sys.stdout.write(crd.render())
+    return 0
+
+
+def _operator(args) -> int:
+    from .main import run_operator  # noqa: PLC0415 - kopf only when the operator runs
+
+    return run_operator(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cream", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="run every iteration of a CreamRun on this machine")
+    p.add_argument("file", help="CreamRun YAML")
+    p.add_argument("--out", help="artifact root (default: runs/<name>, or the spec's S3 storage)")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("validate", help="check CreamRun files; every problem with its field")
+    p.add_argument("files", nargs="+")
+    p.set_defaults(func=_validate)
+
+    p = sub.add_parser("crd", help="print the CreamRun CustomResourceDefinition")
+    p.set_defaults(func=_crd)
+
+    p = sub.add_parser("operator", help="run the Kubernetes operator")
+    p.add_argument("--namespace", "-n", action="append", default=[],
+                   help="watch only these namespaces (repeatable); default: all")
+    p.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
+                   help="kopf's health endpoint")
+    p.add_argument("--metrics-port", type=int, default=9090)
+    p.add_argument("--peering", default=None, help="kopf peering name, for several replicas")
+    p.add_argument("--priority", type=int, default=0, help="kopf peering priority")
+    p.add_argument("--verbose", action="store_true")
+    p.set_defaults(func=_operator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Generate the CreamRun CustomResourceDefinition from the pydantic models in spec.py.
+
+Kubernetes wants a structural OpenAPI v3 schema: no $ref, no anyOf over types, `nullable` instead
+of a null type, boolean `exclusiveMinimum`. This module turns pydantic's JSON Schema into that, so
+the CRD never drifts from the models the operator and `cream validate` use.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from cream_operator import spec as s
+
+# Cross-field rules the API server enforces with CEL, mirroring CreamRunSpec._cross_field.
+SPEC_RULES = [
+    {
+        "rule": "has(self.model.sft) || has(self.data.sft)",
+        "message": "data.sft is required to train M1 from model.base; or set model.sft to an "
+        "already fine-tuned model",
+    },
+    {
+        "rule": "size(self.data.prompts) == 1 || size(self.data.prompts) >= self.iterations",
+        "message": "data.prompts: give one prompt set (reused every iteration) or at least one "
+        "per iteration",
+    },
+]
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
+    {"name": "Consistency", "type": "number", "jsonPath": ".status.consistencyRate"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_KEEP = {
+    "type", "description", "default", "enum", "minimum", "maximum", "pattern", "minLength",
+    "maxLength", "minItems", "maxItems", "items", "properties", "required",
+    "additionalProperties", "format",
+}
+
+
+def _structural(node: Any, defs: dict) -> Any:
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = defs[node["$ref"].rsplit("/", 1)[-1]]
+        merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+        return _structural(merged, defs)
+    if "anyOf" in node:
+        options = [o for o in node["anyOf"] if o.get("type") != "null"]
+        nullable = len(options) < len(node["anyOf"])
+        if len(options) != 1:
+            raise ValueError(f"cannot express anyOf with several types structurally: {node}")
+        rest = {k: v for k, v in node.items() if k != "anyOf"}
+        out = _structural({**options[0], **rest}, defs)
+        if nullable:
+            out["nullable"] = True
+        return out
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key == "const":
+            out["enum"] = [value]
+        elif key == "exclusiveMinimum":
+            out["minimum"], out["exclusiveMinimum"] = value, True
+        elif key == "exclusiveMaximum":
+            out["maximum"], out["exclusiveMaximum"] = value, True
+        elif key == "properties":
+            out["properties"] = {k: _structural(v, defs) for k, v in value.items()}
+        elif key == "additionalProperties" and isinstance(value, bool):
+            continue  # structural schemas forbid it; the API server prunes unknown fields
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        elif key in _KEEP:
+            out[key] = copy.deepcopy(value)
+    if "enum" in out and "type" not in out:
+        out["type"] = _json_type(out["enum"][0])
+    if out.get("default", 0) is None:
+        del out["default"]
+    if out.get("type") == "object" and "properties" in out:
+        # Nested objects default to {} so the API server fills in their own defaults.
+        for prop in out["properties"].values():
+            if prop.get("type") == "object" and "properties" in prop and "default" not in prop \
+                    and not prop.get("nullable"):
+                prop["default"] = {}
+    return out
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string"
+
+
+def openapi_schema(model: type) -> dict:
+    raw = model.model_json_schema(by_alias=True)
+    defs = raw.pop("$defs", {})
+    return _structural(raw, defs)
+
+
+def crd() -> dict:
+    spec_schema = openapi_schema(s.CreamRunSpec)
+    spec_schema["x-kubernetes-validations"] = SPEC_RULES
+    status_schema = openapi_schema(s.CreamRunStatus)
+    conditions = status_schema["properties"]["conditions"]
+    conditions["x-kubernetes-list-type"] = "map"
+    conditions["x-kubernetes-list-map-keys"] = ["type"]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{s.PLURAL}.{s.GROUP}"},
+        "spec": {
+            "group": s.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": s.KIND,
+                "plural": s.PLURAL,
+                "singular": s.SINGULAR,
+                "shortNames": s.SHORT_NAMES,
+                "listKind": f"{s.KIND}List",
+            },
+            "versions": [
+                {
+                    "name": s.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {
+                        "openAPIV3Schema": {
+                            "type": "object",
+                            "description": "A CREAM self-rewarding training run.",
+                            "required": ["spec"],
+                            "properties": {
+                                "apiVersion": {"type": "string"},
+                                "kind": {"type": "string"},
+                                "metadata": {"type": "object"},
+                                "spec": spec_schema,
+                                "status": status_schema,
+                            },
+                        }
+                    },
+                }
+            ],
+        },
+    }
+
+
+HEADER = "# Generated from operator/cream_operator/spec.py by `cream crd`; do not edit.\n"
+
+
+def render() -> str:
+    return HEADER + yaml.safe_dump(crd(), sort_keys=False, width=100)
