@@ -28,6 +28,9 @@ SPEC_RULES = [
     },
 ]
 
+# Fields a running CreamRun cannot change: its artifacts and models would stop matching them.
+IMMUTABLE = ("model", "storage")
+
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
@@ -108,6 +111,12 @@ def openapi_schema(model: type) -> dict:
 def crd() -> dict:
     spec_schema = openapi_schema(s.CreamRunSpec)
     spec_schema["x-kubernetes-validations"] = SPEC_RULES
+    for field in IMMUTABLE:
+        spec_schema["properties"][field]["x-kubernetes-validations"] = [{
+            "rule": "self == oldSelf",
+            "message": f"spec.{field} is immutable: the run's artifacts were made with it; "
+            "create a new CreamRun instead",
+        }]
     status_schema = openapi_schema(s.CreamRunStatus)
     conditions = status_schema["properties"]["conditions"]
     conditions["x-kubernetes-list-type"] = "map"

@@ -255,6 +255,32 @@ class IterationResult(_Model):
     model_uri: str | None = None
 
 
+StepPhase = Literal["Running", "Succeeded", "Failed"]
+
+
+class StepMetrics(_Model):
+    """The parts of a stage's manifest metrics that the run's results are made of."""
+
+    consistency_rate: float | None = None
+    pairs: int | None = None
+    dropped: int | None = None
+    accuracy: dict[str, float] = Field(default_factory=dict)
+
+
+class StepStatus(_Model):
+    """One started stage: its Job, its outcome and its metrics (kept after the Job is gone)."""
+
+    key: str
+    stage: str
+    iteration: int
+    phase: StepPhase
+    job: str
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None
+    metrics: StepMetrics | None = None
+
+
 class CreamRunStatus(_Model):
     phase: Phase | None = None
     iteration: int | None = None
@@ -267,6 +293,7 @@ class CreamRunStatus(_Model):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
     results: list[IterationResult] = Field(default_factory=list)
+    steps: list[StepStatus] = Field(default_factory=list)
 
 
 class CreamRun(_Model):

@@ -8,6 +8,7 @@ so a reader never sees half a file.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from functools import cache
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote_to_bytes, urlparse
 
 
 class ArtifactError(RuntimeError):
@@ -72,7 +73,26 @@ def exists(uri: str) -> bool:
     return Path(uri).exists()
 
 
+def data_uri(data: bytes, media_type: str = "application/json") -> str:
+    """An RFC 2397 `data:` URI holding `data`: how the operator hands a Job its request inline."""
+    return f"data:{media_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def _read_data_uri(uri: str) -> bytes:
+    header, sep, payload = uri.partition(",")
+    if not sep:
+        raise ArtifactError("a data: URI needs a ',' before its payload")
+    try:
+        if header.endswith(";base64"):
+            return base64.b64decode(payload, validate=True)
+        return unquote_to_bytes(payload)
+    except ValueError as exc:
+        raise ArtifactError(f"the data: URI's payload is not valid base64: {exc}") from exc
+
+
 def read_bytes(uri: str) -> bytes:
+    if uri.startswith("data:"):
+        return _read_data_uri(uri)
     if is_s3(uri):
         from botocore.exceptions import ClientError  # noqa: PLC0415
 

@@ -1,0 +1,40 @@
+"""The operator's own configuration, from its environment (set by the Helm chart)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    # Image of every stage unless a CreamRun names its own.
+    stage_image: str = "ghcr.io/cream-operator/stages:0.1.0"
+    image_pull_policy: str = "IfNotPresent"
+    # Artifact root for runs whose spec.storage.uri is empty.
+    storage_uri: str = ""
+    # Secret (in the run's namespace) with the S3 endpoint and credentials, when the run names none.
+    s3_secret: str = "cream-s3"
+    # GPUs per Pod for the stages that want one, when the run does not say.
+    default_gpus: int = 1
+    default_gpu_stages: tuple[str, ...] = ("sft", "sample", "score", "dpo", "evaluate")
+    # The Python that runs `-m cream_stages` inside the stage image.
+    python: str = "python"
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
+        env = dict(os.environ if env is None else env)
+        extra = {
+            k.removeprefix("CREAM_STAGE_ENV_"): v
+            for k, v in env.items() if k.startswith("CREAM_STAGE_ENV_")
+        }
+        return cls(
+            stage_image=env.get("CREAM_STAGE_IMAGE", cls.stage_image),
+            image_pull_policy=env.get("CREAM_IMAGE_PULL_POLICY", cls.image_pull_policy),
+            storage_uri=env.get("CREAM_STORAGE_URI", cls.storage_uri),
+            s3_secret=env.get("CREAM_S3_SECRET", cls.s3_secret),
+            default_gpus=int(env.get("CREAM_DEFAULT_GPUS", cls.default_gpus)),
+            python=env.get("CREAM_STAGE_PYTHON", cls.python),
+            extra_env=extra,
+        )

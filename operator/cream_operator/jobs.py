@@ -1,0 +1,231 @@
+"""Kubernetes manifests of a step's Job (and, for multi-node training, its headless Service).
+
+Pure functions of the run, the step and the operator's configuration. One Job per stage (and per
+model for `score`) keeps GPU quota free between stages and lets Kueue admit each stage on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from cream_stages.artifacts import data_uri
+
+from .config import OperatorConfig
+from .pipeline import Step
+from .spec import GROUP, KIND, VERSION, CreamRunSpec, StageResources
+
+MANAGED_BY = "cream-operator"
+LABEL_RUN = f"{GROUP}/run"
+LABEL_RUN_UID = f"{GROUP}/run-uid"
+LABEL_ITERATION = f"{GROUP}/iteration"
+LABEL_STAGE = f"{GROUP}/stage"
+ANNOTATION_STEP = f"{GROUP}/step"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+TORCHRUN_PORT = 29500
+TERMINATION_LOG = "/dev/termination-log"
+NAME_MAX = 63  # a Job's name becomes its Pods' job-name label value
+
+
+def job_name(run: str, uid: str, step: Step) -> str:
+    """Deterministic per (run, iteration, stage, model); unique per run object; <= 63 chars."""
+    suffix = f"{step.iteration}-{step.stage}"
+    if step.stage == "score":
+        suffix += f"-m{step.model_index}"
+    tag = hashlib.sha256(f"{uid}/{step.key}".encode()).hexdigest()[:5]
+    # Indexed Jobs' Pod hostnames append "-<index>": leave room for it.
+    room = NAME_MAX - len(suffix) - len(tag) - 2 - 3
+    base = re.sub(r"-+$", "", run[:room])
+    return f"{base}-{tag}-{suffix}"
+
+
+def owner_reference(run: dict) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": KIND,
+        "name": run["metadata"]["name"],
+        "uid": run["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def labels(run: dict, step: Step) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+        "app.kubernetes.io/name": "cream-stage",
+        LABEL_RUN: run["metadata"]["name"],
+        LABEL_RUN_UID: run["metadata"]["uid"],
+        LABEL_ITERATION: str(step.iteration),
+        LABEL_STAGE: step.stage,
+    }
+
+
+def stage_resources(spec: CreamRunSpec, stage: str) -> StageResources:
+    return getattr(spec.resources, stage)
+
+
+def gpus_for(spec: CreamRunSpec, stage: str, config: OperatorConfig) -> int:
+    res = stage_resources(spec, stage)
+    if res.gpus is not None:
+        return res.gpus
+    return config.default_gpus if stage in config.default_gpu_stages else 0
+
+
+def nodes_for(spec: CreamRunSpec, step: Step) -> int:
+    if step.stage not in ("sft", "dpo"):
+        return 1
+    return stage_resources(spec, step.stage).nodes or 1
+
+
+def _uses_torchrun(spec: CreamRunSpec, step: Step, gpus: int, nodes: int) -> bool:
+    if step.stage not in ("sft", "dpo"):
+        return False
+    train = spec.sft if step.stage == "sft" else spec.dpo
+    return train.backend == "deepspeed" and (gpus > 1 or nodes > 1)
+
+
+def container_command(spec: CreamRunSpec, step: Step, name: str, config: OperatorConfig,
+                      gpus: int, nodes: int) -> tuple[list[str], list[str]]:
+    request = data_uri(json.dumps(step.request.model_dump(mode="json"), sort_keys=True).encode())
+    stage_args = [step.stage, "--request", request]
+    if not _uses_torchrun(spec, step, gpus, nodes):
+        return [config.python, "-m", "cream_stages"], stage_args
+    torchrun = ["torchrun", f"--nproc_per_node={max(gpus, 1)}", f"--nnodes={nodes}"]
+    if nodes > 1:
+        # Index 0's stable hostname through the headless Service is the rendezvous point.
+        torchrun += [
+            "--node_rank=$(JOB_COMPLETION_INDEX)",
+            f"--master_addr={name}-0.{name}",
+            f"--master_port={TORCHRUN_PORT}",
+        ]
+    return torchrun, ["-m", "cream_stages", *stage_args]
+
+
+def resource_requirements(spec: CreamRunSpec, stage: str, gpus: int) -> dict:
+    res = stage_resources(spec, stage)
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if res.cpu:
+        requests["cpu"] = res.cpu
+    if res.memory:
+        requests["memory"] = limits["memory"] = res.memory
+    if gpus:
+        # Extended resources must have requests equal to limits.
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(gpus)
+    out = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConfig) -> dict:
+    name = job_name(run["metadata"]["name"], run["metadata"]["uid"], step)
+    gpus = gpus_for(spec, step.stage, config)
+    nodes = nodes_for(spec, step)
+    command, args = container_command(spec, step, name, config, gpus, nodes)
+    res = stage_resources(spec, step.stage)
+    sched = spec.scheduling
+    secret = spec.storage.secret_name or config.s3_secret
+    env = [
+        {"name": "CREAM_TERMINATION_LOG", "value": TERMINATION_LOG},
+        {"name": "CREAM_STEP", "value": step.key},
+        # The image's root filesystem is read-only: caches go to the writable /tmp.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "HF_HOME", "value": "/tmp/cache/huggingface"},
+        *({"name": k, "value": v} for k, v in sorted(config.extra_env.items())),
+    ]
+    container = {
+        "name": "stage",
+        "image": res.image or sched.image or config.stage_image,
+        "imagePullPolicy": config.image_pull_policy,
+        "command": command,
+        "args": args,
+        "env": env,
+        "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
+        "resources": resource_requirements(spec, step.stage, gpus),
+        "terminationMessagePath": TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+        ],
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    pod_spec: dict = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [
+            {"name": "tmp", "emptyDir": {}},
+            # NCCL and dataloader workers need more shared memory than a container's default.
+            {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+        ],
+    }
+    if sched.node_selector:
+        pod_spec["nodeSelector"] = dict(sched.node_selector)
+    if sched.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True)
+                                   for t in sched.tolerations]
+    if sched.priority_class_name:
+        pod_spec["priorityClassName"] = sched.priority_class_name
+    if sched.service_account_name:
+        pod_spec["serviceAccountName"] = sched.service_account_name
+    job_labels = labels(run, step)
+    if sched.queue_name:
+        job_labels[KUEUE_QUEUE] = sched.queue_name
+    job_spec: dict = {
+        "backoffLimit": sched.backoff_limit,
+        "template": {
+            "metadata": {"labels": labels(run, step), "annotations": {ANNOTATION_STEP: step.key}},
+            "spec": pod_spec,
+        },
+    }
+    if sched.queue_name:
+        job_spec["suspend"] = True  # Kueue admits it by clearing suspend
+    if sched.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = sched.active_deadline_seconds
+    if sched.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = sched.ttl_seconds_after_finished
+    if nodes > 1:
+        job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
+        pod_spec["subdomain"] = name
+        container["ports"] = [{"containerPort": TORCHRUN_PORT, "name": "rendezvous"}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": run["metadata"]["namespace"],
+            "labels": job_labels,
+            "annotations": {ANNOTATION_STEP: step.key},
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": job_spec,
+    }
+
+
+def headless_service(run: dict, step: Step, job: dict) -> dict | None:
+    """The rendezvous Service of a multi-node Job (None for single-Pod Jobs)."""
+    if job["spec"].get("completionMode") != "Indexed":
+        return None
+    name = job["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": run["metadata"]["namespace"],
+            "labels": labels(run, step),
+            "ownerReferences": [owner_reference(run)],
+        },
+        "spec": {
+            "clusterIP": "None",
+            "selector": {"job-name": name},
+            "ports": [{"name": "rendezvous", "port": TORCHRUN_PORT}],
+            "publishNotReadyAddresses": True,
+        },
+    }

@@ -1,0 +1,233 @@
+"""The reconcile decision: given a CreamRun and the Jobs observed for it, what happens next.
+
+A pure function (`decide`) with no I/O, so every transition is tested without a cluster. The kopf
+handlers observe (the run, its Jobs and their Pods), call `decide`, and carry the decision out:
+create Jobs (AlreadyExists counts as created), delete failed Jobs that a spec change retries, post
+the events, and patch the status. Progress lives in the status, so a restarted operator resumes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+from pydantic import ValidationError
+
+from cream_stages.artifacts import join
+
+from . import pipeline
+from .config import OperatorConfig
+from .jobs import job_name
+from .spec import Condition, CreamRunSpec, CreamRunStatus, StepMetrics, StepStatus
+from .specfile import problems_of
+
+JobState = Literal["active", "succeeded", "failed", "suspended"]
+
+
+@dataclass(frozen=True)
+class JobView:
+    """What the decision needs to know of one stage Job."""
+
+    name: str
+    key: str  # the step key, from the Job's annotation
+    state: JobState
+    start_time: str | None = None
+    completion_time: str | None = None
+    message: str | None = None  # why it failed (the stage's termination message when it left one)
+    metrics: StepMetrics | None = None  # a succeeded stage's metrics, from its termination message
+
+
+@dataclass(frozen=True)
+class Event:
+    type: Literal["Normal", "Warning"]
+    reason: str
+    message: str
+
+
+@dataclass
+class Decision:
+    status: CreamRunStatus
+    create: list[pipeline.Step] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)  # Job names
+    events: list[Event] = field(default_factory=list)
+    finished: list[tuple[str, float]] = field(default_factory=list)  # (stage, seconds)
+    failed: list[str] = field(default_factory=list)  # stages that failed just now
+    spec: CreamRunSpec | None = None
+    root: str | None = None
+
+
+def artifact_root(metadata: dict, spec: CreamRunSpec, config: OperatorConfig) -> str | None:
+    base = spec.storage.uri or config.storage_uri
+    if not base:
+        return None
+    return join(base, metadata["namespace"], metadata["name"], metadata["uid"])
+
+
+def parse_metrics(message: str | None) -> StepMetrics | None:
+    """A succeeded stage's termination message is `{"stage": ..., "metrics": {...}}`."""
+    if not message:
+        return None
+    try:
+        doc = json.loads(message)
+        return StepMetrics.model_validate(
+            {k: v for k, v in doc.get("metrics", {}).items() if k in StepMetrics.model_fields}
+        )
+    except (ValueError, AttributeError):
+        return None
+
+
+def _seconds(start: str | None, end: str | None) -> float:
+    if not start or not end:
+        return 0.0
+    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def set_condition(conditions: list[Condition], type_: str, status: bool, reason: str,
+                  message: str, now: str, generation: int | None) -> list[Condition]:
+    """Upsert a metav1.Condition; its lastTransitionTime moves only when its status does."""
+    value = "True" if status else "False"
+    old = next((c for c in conditions if c.type == type_), None)
+    since = old.last_transition_time if old is not None and old.status == value else now
+    new = Condition(type=type_, status=value, reason=reason, message=message,
+                    last_transition_time=since, observed_generation=generation)
+    return [c for c in conditions if c.type != type_] + [new]
+
+
+def _conditions(prev: list[Condition], phase: str, reason: str, message: str, now: str,
+                generation: int | None) -> list[Condition]:
+    """Progressing, Suspended, Succeeded and Failed, always all four; the phase sets one True."""
+    conds = list(prev)
+    for type_, active in (("Progressing", phase == "Running"), ("Suspended", phase == "Suspended"),
+                          ("Succeeded", phase == "Succeeded"), ("Failed", phase == "Failed")):
+        conds = set_condition(conds, type_, active, reason if active else phase,
+                              message if active else "", now, generation)
+    return conds
+
+
+def _finish(prev: CreamRunStatus, generation: int | None, now: str, phase: str, reason: str,
+            message: str, **fields) -> CreamRunStatus:
+    return prev.model_copy(update={
+        "phase": phase,
+        "message": message,
+        "observed_generation": generation,
+        "start_time": prev.start_time or now,
+        "conditions": _conditions(prev.conditions, phase, reason, message, now, generation),
+        **fields,
+    })
+
+
+def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> Decision:
+    meta = run["metadata"]
+    generation = meta.get("generation")
+    prev = CreamRunStatus.model_validate(run.get("status") or {})
+
+    try:
+        spec = CreamRunSpec.model_validate(run.get("spec") or {})
+    except ValidationError as exc:
+        message = "invalid spec: " + "; ".join(problems_of(exc))
+        return Decision(_finish(prev, generation, now, "Failed", "InvalidSpec", message))
+    root = artifact_root(meta, spec, config)
+    if root is None:
+        message = ("spec.storage.uri is empty and the operator has no default: set "
+                   "spec.storage.uri (s3://bucket/prefix) or the chart's storage.uri")
+        return Decision(_finish(prev, generation, now, "Failed", "NoStorage", message))
+
+    steps = pipeline.plan(spec, root)
+    by_key = {s.key: s for s in steps}
+    decision = Decision(status=prev, spec=spec, root=root)
+    # A spec change after a failure is the user's fix: retry the failed stages.
+    retry = prev.phase == "Failed" and generation != prev.observed_generation
+    observed = {j.key: j for j in jobs if j.key in by_key}
+    status_steps: dict[str, StepStatus] = {s.key: s for s in prev.steps if s.key in by_key}
+
+    for key, job in observed.items():
+        old = status_steps.get(key)
+        stage = by_key[key].stage
+        if job.state == "succeeded":
+            if old is None or old.phase != "Succeeded":
+                start = (old.start_time if old else None) or job.start_time or now
+                end = job.completion_time or now
+                status_steps[key] = StepStatus(
+                    key=key, stage=stage, iteration=by_key[key].iteration, phase="Succeeded",
+                    job=job.name, start_time=start, completion_time=end, metrics=job.metrics)
+                seconds = _seconds(start, end)
+                decision.finished.append((stage, seconds))
+                decision.events.append(Event("Normal", "StageSucceeded",
+                                             f"{key} succeeded in {seconds:.0f}s ({job.name})"))
+        elif job.state == "failed":
+            if retry:
+                decision.delete.append(job.name)
+                status_steps.pop(key, None)
+                decision.events.append(Event("Normal", "StageRetried",
+                                             f"{key}: the spec changed, retrying the stage"))
+            elif old is None or old.phase != "Failed":
+                status_steps[key] = StepStatus(
+                    key=key, stage=stage, iteration=by_key[key].iteration, phase="Failed",
+                    job=job.name, start_time=(old.start_time if old else job.start_time),
+                    completion_time=job.completion_time or now, message=job.message)
+                decision.failed.append(stage)
+                decision.events.append(Event("Warning", "StageFailed",
+                                             f"{key} failed: {job.message or 'no message'}"))
+        elif old is None:
+            status_steps[key] = StepStatus(
+                key=key, stage=stage, iteration=by_key[key].iteration, phase="Running",
+                job=job.name, start_time=job.start_time or now)
+
+    # A step recorded as running or failed whose Job is gone (deleted by hand) starts again:
+    # its stage is a no-op if it had committed its manifest.
+    for key in [k for k, s in status_steps.items() if s.phase != "Succeeded" and k not in observed]:
+        if status_steps[key].phase == "Running" or retry:
+            del status_steps[key]
+
+    done = {k for k, s in status_steps.items() if s.phase == "Succeeded"}
+    running = {k for k, s in status_steps.items() if s.phase == "Running"}
+    failed = [s for s in status_steps.values() if s.phase == "Failed"]
+
+    metrics = {k: s.metrics.model_dump() for k, s in status_steps.items()
+               if s.phase == "Succeeded" and s.metrics is not None}
+    results = pipeline.results(steps, metrics, root, spec)
+    latest = next((r.consistency_rate for r in reversed(results)
+                   if r.consistency_rate is not None), None)
+    now_step = pipeline.current(steps, done)
+
+    if failed:
+        first = failed[0]
+        phase, reason = "Failed", "StageFailed"
+        message = f"stage {first.key} failed: {first.message or 'no message'}"
+    elif now_step is None:
+        phase, reason, message = "Succeeded", "AllStagesSucceeded", \
+            f"{spec.iterations} iteration(s) done"
+    elif spec.suspend:
+        phase, reason = "Suspended", "Suspended"
+        message = ("suspended before the next stage" if not running else
+                   f"suspending: waiting for {', '.join(sorted(running))} to finish")
+    else:
+        phase, reason = "Running", "StagesRunning"
+        for step in pipeline.runnable(steps, done, running):
+            name = job_name(meta["name"], meta["uid"], step)
+            decision.create.append(step)
+            status_steps[step.key] = StepStatus(
+                key=step.key, stage=step.stage, iteration=step.iteration, phase="Running",
+                job=name, start_time=now)
+            decision.events.append(Event("Normal", "StageStarted", f"{step.key} started ({name})"))
+        running = {k for k, s in status_steps.items() if s.phase == "Running"}
+        message = f"running {', '.join(sorted(running))}"
+
+    ordered = [status_steps[s.key] for s in steps if s.key in status_steps]
+    if phase in ("Succeeded", "Failed"):
+        completion = prev.completion_time if prev.phase == phase and prev.completion_time else now
+    else:
+        completion = None
+    decision.status = _finish(
+        prev, generation, now, phase, reason, message,
+        iteration=now_step.iteration if now_step else spec.iterations,
+        stage=now_step.stage if now_step else None,
+        consistency_rate=latest,
+        artifacts=root,
+        completion_time=completion,
+        results=results,
+        steps=ordered,
+    )
+    return decision

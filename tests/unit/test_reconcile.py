@@ -1,0 +1,207 @@
+"""Every transition of the reconcile decision, without a cluster."""
+
+import copy
+import json
+from pathlib import Path
+
+import yaml
+
+from cream_operator.config import OperatorConfig
+from cream_operator.reconcile import JobView, decide, parse_metrics
+from cream_operator.spec import StepMetrics
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = yaml.safe_load((ROOT / "examples/tiny.yaml").read_text())
+CONFIG = OperatorConfig(storage_uri="s3://bucket/runs")
+NOW = "2026-11-23T10:00:00+00:00"
+LATER = "2026-11-23T10:05:00+00:00"
+
+
+def _run(status=None, generation=1, **spec_changes):
+    spec = copy.deepcopy(TINY["spec"])
+    spec.update(spec_changes)
+    return {"metadata": {"name": "tiny", "namespace": "ml", "uid": "u-1",
+                         "generation": generation},
+            "spec": spec, "status": status or {}}
+
+
+def _metrics_for(key: str) -> StepMetrics:
+    if key.endswith("consistency"):
+        return StepMetrics(consistency_rate=0.75, pairs=12, dropped=1)
+    if key.endswith("evaluate"):
+        return StepMetrics(accuracy={"arc_easy": 0.5, "gsm8k": 0.25})
+    return StepMetrics()
+
+
+def _simulate(run, fail: str | None = None, max_rounds=60):
+    """Drive decide() like the operator would, with every Job finishing at once."""
+    jobs: dict[str, JobView] = {}
+    created: list[str] = []
+    for _ in range(max_rounds):
+        d = decide(run, list(jobs.values()), NOW, CONFIG)
+        run["status"] = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+        for step in d.create:
+            created.append(step.key)
+            name = next(s.job for s in d.status.steps if s.key == step.key)
+            jobs[step.key] = JobView(name=name, key=step.key, state="active", start_time=NOW)
+        if d.status.phase in ("Succeeded", "Failed") and not d.create:
+            return d, created
+        for key, job in list(jobs.items()):
+            if job.state == "active":
+                state = "failed" if key == fail else "succeeded"
+                jobs[key] = JobView(name=job.name, key=key, state=state, start_time=NOW,
+                                    completion_time=LATER, metrics=_metrics_for(key),
+                                    message="pairs.jsonl: line 3 is not valid JSON"
+                                    if state == "failed" else None)
+    raise AssertionError("the run did not finish")
+
+
+def test_a_new_run_starts_with_sft():
+    d = decide(_run(), [], NOW, CONFIG)
+    assert [s.key for s in d.create] == ["iter-0/sft"]
+    assert d.status.phase == "Running"
+    assert (d.status.iteration, d.status.stage) == (0, "sft")
+    assert d.status.artifacts == "s3://bucket/runs/ml/tiny/u-1"
+    assert d.status.observed_generation == 1
+    assert [e.reason for e in d.events] == ["StageStarted"]
+    assert d.status.steps[0].phase == "Running" and d.status.steps[0].job.startswith("tiny-")
+
+
+def test_a_running_job_is_never_created_again():
+    first = decide(_run(), [], NOW, CONFIG)
+    run = _run(status=first.status.model_dump(mode="json", by_alias=True, exclude_none=True))
+    job = JobView(name=first.status.steps[0].job, key="iter-0/sft", state="active")
+    again = decide(run, [job], LATER, CONFIG)
+    assert again.create == [] and again.events == []
+    # The same decision with the Job not yet visible (a lagging watch) does not recreate either:
+    # the status says it is running; only a Job gone for good is recreated.
+
+
+def test_a_whole_run_creates_each_job_once_and_succeeds():
+    d, created = _simulate(_run())
+    assert d.status.phase == "Succeeded"
+    assert len(created) == len(set(created)) == 15
+    res = {r.iteration: r for r in d.status.results}
+    assert sorted(res) == [0, 1, 2]
+    assert res[1].consistency_rate == 0.75 and res[1].pairs == 12 and res[1].dropped == 1
+    assert res[2].accuracy == {"arc_easy": 0.5, "gsm8k": 0.25}
+    assert res[2].model_uri == "s3://bucket/runs/ml/tiny/u-1/models/M3"
+    assert d.status.consistency_rate == 0.75
+    assert d.status.completion_time == NOW
+    conds = {c.type: c for c in d.status.conditions}
+    assert conds["Succeeded"].status == "True" and conds["Progressing"].status == "False"
+
+
+def test_scores_of_one_iteration_run_in_parallel():
+    done = ["iter-0/sft", "iter-0/evaluate", "iter-1/sample"]
+    steps = [{"key": k, "stage": k.split("/")[1], "iteration": int(k[5]), "phase": "Succeeded",
+              "job": f"j{i}", "metrics": {}} for i, k in enumerate(done)]
+    d = decide(_run(status={"phase": "Running", "steps": steps}), [], NOW, CONFIG)
+    assert sorted(s.key for s in d.create) == ["iter-1/score-m0", "iter-1/score-m1"]
+
+
+def test_a_failed_stage_fails_the_run_with_its_reason():
+    d, created = _simulate(_run(), fail="iter-1/dpo")
+    assert d.status.phase == "Failed"
+    assert "iter-1/dpo" not in created[created.index("iter-1/dpo") + 1:]
+    failed = {c.type: c for c in d.status.conditions}["Failed"]
+    assert failed.status == "True" and failed.reason == "StageFailed"
+    assert "iter-1/dpo" in failed.message and "line 3 is not valid JSON" in failed.message
+    assert "iter-2/sample" not in created
+
+
+def test_a_spec_change_after_a_failure_retries_the_stage():
+    d, _ = _simulate(_run(), fail="iter-1/consistency")
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    failed_job = next(s.job for s in d.status.steps if s.key == "iter-1/consistency")
+    job = JobView(name=failed_job, key="iter-1/consistency", state="failed", message="bad")
+    # Same generation: nothing changes.
+    same = decide(_run(status=status), [job], LATER, CONFIG)
+    assert same.delete == [] and same.create == [] and same.status.phase == "Failed"
+    # The user fixed the spec (generation 2): the failed Job goes and the stage runs again.
+    fixed = decide(_run(status=status, generation=2), [job], LATER, CONFIG)
+    assert fixed.delete == [failed_job]
+    assert [s.key for s in fixed.create] == ["iter-1/consistency"]
+    assert fixed.status.phase == "Running"
+
+
+def test_suspend_pauses_before_the_next_stage_and_resumes():
+    first = decide(_run(), [], NOW, CONFIG)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    sft = JobView(name=first.status.steps[0].job, key="iter-0/sft", state="active")
+    d = decide(_run(status=status, suspend=True, generation=2), [sft], LATER, CONFIG)
+    assert d.status.phase == "Suspended" and d.create == []
+    assert "waiting for iter-0/sft" in d.status.message
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    done = JobView(name=sft.name, key="iter-0/sft", state="succeeded", completion_time=LATER)
+    d = decide(_run(status=status, suspend=True, generation=2), [done], LATER, CONFIG)
+    assert d.status.phase == "Suspended" and d.create == []
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    d = decide(_run(status=status, suspend=False, generation=3), [done], LATER, CONFIG)
+    assert d.status.phase == "Running"
+    assert sorted(s.key for s in d.create) == ["iter-0/evaluate", "iter-1/sample"]
+
+
+def test_a_job_deleted_while_running_is_recreated():
+    first = decide(_run(), [], NOW, CONFIG)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    d = decide(_run(status=status), [], LATER, CONFIG)
+    assert [s.key for s in d.create] == ["iter-0/sft"]
+
+
+def test_finished_steps_survive_their_jobs_ttl():
+    d, _ = _simulate(_run())
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    again = decide(_run(status=status), [], LATER, CONFIG)  # every Job gone
+    assert again.status.phase == "Succeeded" and again.create == []
+    assert again.status.results == d.status.results
+
+
+def test_raising_iterations_of_a_finished_run_continues_it():
+    d, _ = _simulate(_run())
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data = {**TINY["spec"]["data"], "prompts": ["builtin://data/prompts-1.jsonl"]}
+    more = decide(_run(status=status, generation=2, iterations=3, data=data), [], LATER, CONFIG)
+    assert more.status.phase == "Running"
+    assert [s.key for s in more.create] == ["iter-3/sample"]
+
+
+def test_conditions_keep_their_transition_time():
+    first = decide(_run(), [], NOW, CONFIG)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    sft = JobView(name=first.status.steps[0].job, key="iter-0/sft", state="active")
+    again = decide(_run(status=status), [sft], LATER, CONFIG)
+    prog = {c.type: c for c in again.status.conditions}["Progressing"]
+    assert prog.status == "True" and prog.last_transition_time == NOW
+
+
+def test_invalid_spec_and_missing_storage_fail_with_a_reason():
+    run = _run()
+    run["spec"]["sampling"]["n"] = 1
+    d = decide(run, [], NOW, CONFIG)
+    assert d.status.phase == "Failed" and d.create == []
+    failed = {c.type: c for c in d.status.conditions}["Failed"]
+    assert failed.reason == "InvalidSpec" and "sampling.n" in failed.message
+
+    d = decide(_run(), [], NOW, OperatorConfig(storage_uri=""))
+    failed = {c.type: c for c in d.status.conditions}["Failed"]
+    assert failed.reason == "NoStorage" and "spec.storage.uri" in failed.message
+
+
+def test_finished_stage_durations_are_reported_once():
+    first = decide(_run(), [], NOW, CONFIG)
+    status = first.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    done = JobView(name=first.status.steps[0].job, key="iter-0/sft", state="succeeded",
+                   start_time=NOW, completion_time=LATER)
+    d = decide(_run(status=status), [done], LATER, CONFIG)
+    assert d.finished == [("sft", 300.0)]
+    status = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert decide(_run(status=status), [done], LATER, CONFIG).finished == []
+
+
+def test_parse_metrics_of_a_termination_message():
+    msg = json.dumps({"stage": "consistency", "metrics": {"consistency_rate": 0.6, "pairs": 3,
+                                                           "dropped": 0, "method": "kendall"}})
+    assert parse_metrics(msg) == StepMetrics(consistency_rate=0.6, pairs=3, dropped=0)
+    assert parse_metrics("Traceback (most recent call last)") is None
+    assert parse_metrics(None) is None
