@@ -1,0 +1,25 @@
+# The test cluster (tests/kubeharness): included by the top-level Makefile.
+#   make cluster-tools   build/fetch kube-apiserver, kube-controller-manager, kube-scheduler,
+#                        kubectl, etcd, helm and the S3 server (cached under
+#                        $${XDG_CACHE_HOME:-~/.cache}/cream-operator/bin), install prometheus
+#   make cluster-up      start a cluster in the background (state in $(CLUSTER_STATE)); prints
+#                        the kubeconfig path
+#   make cluster-down    stop it
+# `tools` needs only the standard library, so it runs before the venv exists.
+CLUSTER_STATE ?= build/cluster
+CLUSTER_GPUS ?= 8
+KUBEHARNESS = PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH}
+
+.PHONY: cluster-tools cluster-up cluster-down cluster-status
+
+cluster-tools:
+	@$(KUBEHARNESS) python3 -m kubeharness tools
+
+cluster-up: venv cluster-tools
+	@$(KUBEHARNESS) $(PY) -m kubeharness up --state $(CLUSTER_STATE) --gpus $(CLUSTER_GPUS)
+
+cluster-down:
+	@$(KUBEHARNESS) $(if $(wildcard $(PY)),$(PY),python3) -m kubeharness down --state $(CLUSTER_STATE)
+
+cluster-status:
+	@$(KUBEHARNESS) python3 -m kubeharness status --state $(CLUSTER_STATE)

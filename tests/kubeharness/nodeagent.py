@@ -1,0 +1,671 @@
+"""The local node agent: the one stand-in of the test cluster.
+
+A kubelet and a container runtime cannot run here, so this agent plays the node. It registers a
+Node (Ready, with cpu/memory/pods/nvidia.com/gpu capacity) and keeps its Lease fresh, so the real
+scheduler binds Pods to it and the node lifecycle controller leaves it alone. For every Pod bound to
+it, it runs each container's command as a local process: images are ignored, the process runs in
+the project's environment (the venv's bin first on PATH, so ``python`` is the venv's python).
+
+Filesystem: each container runs in a private mount namespace (``unshare --mount``, the agent runs
+as root) where every volumeMount, and the termination-message file, is bind-mounted at its
+mountPath, so a process reads ``/etc/config/x`` as in a real container while two Pods mounting the
+same path do not collide. A missing mountpoint is created (empty) on the host first.
+
+It reports what the kubelet reports (phase, conditions, container states with exit codes, reasons
+and termination messages, restart counts, podIP 127.0.0.1), so the real Job controller completes,
+retries and fails Jobs. Deleting a Pod kills its process groups (SIGTERM, then SIGKILL after the
+grace period, capped at MAX_GRACE), records the terminal phase, and removes the Pod with grace 0.
+
+Run it as ``python -m kubeharness.nodeagent --kubeconfig K --state DIR``; the harness does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from urllib.parse import urlparse
+
+from kubernetes import client, config, watch
+from kubernetes.client.exceptions import ApiException
+
+from . import podspec
+from .process import _die_with_parent
+
+log = logging.getLogger("kubeharness.nodeagent")
+
+MAX_GRACE = 5.0  # seconds between SIGTERM and SIGKILL, whatever the Pod asks for
+LEASE_SECONDS = 40
+RENEW_EVERY = 10.0
+STATUS_EVERY = 30.0
+RELIST_EVERY = 50  # seconds a watch runs before a full re-list (also the resync)
+BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # container restarts (the kubelet's are 10s..5min)
+MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet
+FALLBACK_LINES = 80
+KUBERNETES_VERSION = "v1.36.3"
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def now_micro() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _raw(resp) -> dict:
+    return json.loads(resp.data)
+
+
+class ContainerRun:
+    """One container of one Pod: its process, restarts, and reported status."""
+
+    def __init__(self, pod_run: PodRun, spec: dict, init: bool):
+        self.pod_run = pod_run
+        self.spec = spec
+        self.name = spec["name"]
+        self.init = init
+        self.restart_count = 0
+        self.state: dict = {"waiting": {"reason": "ContainerCreating" if not init
+                                        else "PodInitializing"}}
+        self.last_state: dict = {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = pod_run.dir / f"{self.name}.log"
+        self.message_path = pod_run.dir / "termination" / self.name
+        self.exit_code: int | None = None
+
+    def status(self) -> dict:
+        return {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "containerID": f"kubeharness://{self.proc.pid}" if self.proc else "",
+            "ready": "running" in self.state and not self.init,
+            "started": "running" in self.state,
+            "restartCount": self.restart_count,
+            "state": self.state,
+            "lastState": self.last_state,
+        }
+
+    def terminate(self, reason: str, code: int, message: str, started: str) -> None:
+        self.exit_code = code
+        self.state = {"terminated": {
+            "exitCode": code, "reason": reason, "message": message,
+            "startedAt": started, "finishedAt": now(), "containerID": self.status()["containerID"],
+        }}
+        if not message:
+            del self.state["terminated"]["message"]
+
+    def _termination_message(self, code: int) -> str:
+        try:
+            text = self.message_path.read_bytes()[:MESSAGE_LIMIT].decode(errors="replace")
+        except OSError:
+            text = ""
+        policy = self.spec.get("terminationMessagePolicy", "File")
+        if not text and code != 0 and policy == "FallbackToLogsOnError":
+            with contextlib.suppress(OSError):
+                lines = self.log_path.read_bytes().decode(errors="replace").splitlines()
+                text = "\n".join(lines[-FALLBACK_LINES:])[-MESSAGE_LIMIT:]
+        return text
+
+    def run_once(self, env: dict[str, str], mounts: list[podspec.Mount]) -> int:
+        """Start the process, wait for it, record its termination; return the exit code."""
+        pr = self.pod_run
+        try:
+            argv = podspec.command_line(self.spec, env)
+        except podspec.Unsupported as e:
+            self.terminate("StartError", 128, str(e), now())
+            return 128
+        workdir = self.spec.get("workingDir") or str(pr.dir / "work" / self.name)
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        # A bare command name must be found on the container's PATH; say so like a runtime does.
+        if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
+            msg = (f'failed to start container "{self.name}": exec: "{argv[0]}": executable file '
+                   "not found in $PATH")
+            self.terminate("StartError", 128, msg, now())
+            with open(self.log_path, "a") as f:
+                f.write(msg + "\n")
+            return 128
+        self.message_path.parent.mkdir(parents=True, exist_ok=True)
+        self.message_path.write_bytes(b"")
+        msg_target = self.spec.get("terminationMessagePath") or "/dev/termination-log"
+        all_mounts = [*mounts, podspec.Mount(self.message_path, msg_target, False, True)]
+        script = _launch_script(all_mounts, workdir)
+        started = now()
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
+                 *argv],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                cwd=pr.dir, start_new_session=True, preexec_fn=_die_with_parent,
+            )
+        self.state = {"running": {"startedAt": started}}
+        pr.push_status()
+        rc = self.proc.wait()
+        # the container ends with its main process: take its stray children with it
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        code = rc if rc >= 0 else 128 - rc
+        reason = "Completed" if code == 0 else "Error"
+        self.terminate(reason, code, self._termination_message(code), started)
+        return code
+
+    def kill(self, grace: float) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _launch_script(mounts: list[podspec.Mount], workdir: str) -> str:
+    """Shell run inside the new mount namespace: bind every mount, cd, exec the command."""
+    q = shlex.quote
+    lines = ["set -e"]
+    for m in mounts:
+        t = q(m.target)
+        if m.is_file:
+            lines.append(f"mkdir -p {q(os.path.dirname(m.target) or '/')}; "
+                         f"[ -e {t} ] || : > {t}")
+        else:
+            lines.append(f"mkdir -p {t}")
+        lines.append(f"mount --bind {q(str(m.source))} {t}")
+        if m.read_only:
+            lines.append(f"mount -o remount,bind,ro {t}")
+    lines.append(f"cd {q(workdir)}")
+    lines.append('exec "$@"')
+    return "\n".join(lines)
+
+
+class PodRun(threading.Thread):
+    """Runs one Pod from its volumes to its terminal phase, and its deletion."""
+
+    def __init__(self, agent: NodeAgent, pod: dict):
+        meta = pod["metadata"]
+        super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
+        self.agent = agent
+        self.pod = pod
+        self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
+        self.dir = agent.state / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        spec = pod["spec"]
+        self.restart_policy = spec.get("restartPolicy", "Always")
+        self.inits = [ContainerRun(self, c, True) for c in spec.get("initContainers") or []]
+        self.mains = [ContainerRun(self, c, False) for c in spec.get("containers") or []]
+        self.deleting = threading.Event()
+        self.grace = MAX_GRACE
+        self.start_time = now()
+        self.phase = "Pending"
+        self.reason = self.message = None
+        self.initialized = not self.inits
+        self.volumes_ready = False
+        self.done = threading.Event()
+        self._lock = threading.Lock()
+
+    # --- status -------------------------------------------------------------------------------
+    def _conditions(self) -> list[dict]:
+        ts = now()
+        running = all("running" in c.state for c in self.mains)
+        ready = running and self.phase == "Running"
+        completed = self.phase in ("Succeeded", "Failed")
+
+        def cond(type_: str, ok: bool, reason: str | None = None) -> dict:
+            c = {"type": type_, "status": "True" if ok else "False", "lastProbeTime": None,
+                 "lastTransitionTime": ts}
+            if reason and not ok:
+                c["reason"] = reason
+            return c
+
+        return [
+            cond("PodReadyToStartContainers", self.volumes_ready and not completed),
+            cond("Initialized", self.initialized,
+                 "ContainersNotInitialized" if not completed else "PodCompleted"),
+            cond("Ready", ready, "PodCompleted" if completed else "ContainersNotReady"),
+            cond("ContainersReady", ready, "PodCompleted" if completed else "ContainersNotReady"),
+        ]
+
+    def push_status(self) -> None:
+        """Write our view of the Pod's status, keeping conditions that others own."""
+        with self._lock:
+            for _ in range(10):
+                try:
+                    current = _raw(self.agent.core.read_namespaced_pod_status(
+                        self.pod_name, self.ns, _preload_content=False))
+                except ApiException as e:
+                    if e.status == 404:
+                        return
+                    raise
+                if current["metadata"]["uid"] != self.uid:
+                    return
+                status = current.setdefault("status", {})
+                ours = self._conditions()
+                ours_types = {c["type"] for c in ours}
+                old = {c["type"]: c for c in status.get("conditions") or []}
+                for c in ours:  # keep the transition time when the status did not change
+                    prev = old.get(c["type"])
+                    if prev and prev.get("status") == c["status"]:
+                        c["lastTransitionTime"] = prev.get("lastTransitionTime")
+                status["conditions"] = [c for t, c in old.items() if t not in ours_types] + ours
+                status.update({
+                    "phase": self.phase,
+                    "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
+                    "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                    "startTime": self.start_time,
+                    "containerStatuses": [c.status() for c in self.mains],
+                    "qosClass": status.get("qosClass", "BestEffort"),
+                })
+                if self.inits:
+                    status["initContainerStatuses"] = [c.status() for c in self.inits]
+                for k, v in (("reason", self.reason), ("message", self.message)):
+                    if v:
+                        status[k] = v
+                try:
+                    self.agent.core.replace_namespaced_pod_status(
+                        self.pod_name, self.ns, current, _preload_content=False)
+                    return
+                except ApiException as e:
+                    if e.status == 404:
+                        return
+                    if e.status != 409:
+                        raise
+            log.warning("gave up writing the status of %s/%s", self.ns, self.pod_name)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    def request_delete(self, grace: float | None) -> None:
+        if grace is not None:
+            self.grace = min(float(grace), MAX_GRACE)
+        self.deleting.set()
+        for c in self.inits + self.mains:
+            threading.Thread(target=c.kill, args=(self.grace,), daemon=True).start()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except Exception as e:  # an agent bug must fail this Pod, not the agent
+            log.error("pod %s/%s: %s", self.ns, self.pod_name, traceback.format_exc())
+            self.phase, self.reason, self.message = "Failed", "NodeAgentError", str(e)
+            with contextlib.suppress(Exception):
+                self.push_status()
+        self.done.set()
+        self.deleting.wait()
+        self._finish_deletion()
+
+    def _fail(self, reason: str, message: str) -> None:
+        self.phase, self.reason, self.message = "Failed", reason, message
+        self.push_status()
+
+    def _run(self) -> None:
+        self.push_status()
+        volumes = self._prepare_volumes()
+        if volumes is None:
+            return
+        self.volumes_ready = True
+        if deadline := self.pod["spec"].get("activeDeadlineSeconds"):
+            timer = threading.Timer(float(deadline), self._deadline_exceeded)
+            timer.daemon = True
+            timer.start()
+        for c in self.inits:
+            code = self._supervise(c, volumes)
+            if self.deleting.is_set() or self.phase == "Failed":
+                return
+            if code != 0:
+                self._fail("InitContainerFailed",
+                           f'init container "{c.name}" exited with {code}')
+                return
+        self.initialized = True
+        if self.phase == "Pending":
+            self.phase = "Running"
+        threads = [threading.Thread(target=self._supervise, args=(c, volumes), daemon=True)
+                   for c in self.mains]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if self.deleting.is_set() or self.phase == "Failed":
+            return
+        self.phase = "Succeeded" if all(c.exit_code == 0 for c in self.mains) else "Failed"
+        self.push_status()
+
+    def _deadline_exceeded(self) -> None:
+        if self.done.is_set():
+            return
+        self.phase, self.reason = "Failed", "DeadlineExceeded"
+        self.message = "Pod was active on the node longer than the specified deadline"
+        for c in self.inits + self.mains:
+            c.kill(self.grace)
+
+    def _prepare_volumes(self) -> dict[str, Path] | None:
+        """Materialise every volume; wait (Pending) while a referenced object is missing."""
+        while not self.deleting.is_set():
+            try:
+                paths = {}
+                for vol in self.pod["spec"].get("volumes") or []:
+                    paths[vol["name"]] = podspec.materialize_volume(
+                        self.pod, vol, self.dir / "volumes" / vol["name"], self.agent.reader,
+                        self.agent.allocatable)
+                return paths
+            except podspec.Unsupported as e:
+                self._fail("UnsupportedPodSpec", str(e))
+                return None
+            except podspec.NotReady as e:
+                self.message = f"waiting for volumes: {e}"
+                self.push_status()
+                self.deleting.wait(1.0)
+        return None
+
+    def _supervise(self, c: ContainerRun, volumes: dict[str, Path]) -> int:
+        """Run a container, restarting it as the Pod's restartPolicy says; return the last code."""
+        backoff = BACKOFF_START
+        while True:
+            try:
+                env = podspec.container_env(self.pod, c.spec, self.agent.reader,
+                                            self.agent.base_env(self.pod), self.agent.allocatable)
+                mounts = podspec.mounts_for(c.spec, volumes)
+                code = c.run_once(env, mounts)
+            except podspec.NotReady as e:
+                c.state = {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}
+                self.push_status()
+                if self.deleting.wait(1.0):
+                    return 137
+                continue
+            except podspec.Unsupported as e:
+                c.terminate("StartError", 128, str(e), now())
+                code = 128
+            if self.deleting.is_set() or self.phase == "Failed":
+                self.push_status()
+                return code
+            policy = self.restart_policy
+            restart = policy == "Always" or (policy == "OnFailure" and code != 0)
+            if c.init and policy == "Always":
+                restart = code != 0  # init containers run to completion once
+            if not restart:
+                self.push_status()
+                return code
+            c.last_state = c.state
+            c.state = {"waiting": {"reason": "CrashLoopBackOff",
+                                   "message": f"back-off {backoff:.0f}s restarting failed "
+                                              f"container={c.name} pod={self.pod_name}"}}
+            c.restart_count += 1
+            self.push_status()
+            if self.deleting.wait(backoff):
+                return code
+            backoff = min(backoff * 2, BACKOFF_MAX)
+
+    def _finish_deletion(self) -> None:
+        """The Pod is being deleted: stop everything, record the terminal phase, remove it."""
+        for c in self.inits + self.mains:
+            c.kill(self.grace)
+        self.done.wait(self.grace + 10)
+        if self.phase not in ("Succeeded", "Failed"):
+            ok = all(c.exit_code == 0 for c in self.mains) and all(
+                c.exit_code is not None for c in self.mains)
+            self.phase = "Succeeded" if ok else "Failed"
+            for c in self.inits + self.mains:
+                if "terminated" not in c.state:
+                    c.terminate("ContainerStatusUnknown", 137,
+                                "The container was stopped because the Pod was deleted", now())
+        with contextlib.suppress(Exception):
+            self.push_status()
+        try:
+            self.agent.core.delete_namespaced_pod(
+                self.pod_name, self.ns, grace_period_seconds=0,
+                body={"preconditions": {"uid": self.uid}}, _preload_content=False)
+        except ApiException as e:
+            if e.status not in (404, 409):
+                log.warning("deleting %s/%s: %s", self.ns, self.pod_name, e)
+
+    def pids(self) -> list[int]:
+        return [c.proc.pid for c in self.inits + self.mains if c.proc is not None]
+
+
+class NodeAgent:
+    def __init__(self, api: client.ApiClient, node: str, state: Path, gpus: int = 8,
+                 cpu: str = "16", memory: str = "64Gi", pods: int = 110):
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
+        self.reader = podspec.Reader(self.core)
+        self.node = node
+        self.state = state
+        self.capacity = {"cpu": cpu, "memory": memory, "pods": str(pods),
+                         "ephemeral-storage": "100Gi", "nvidia.com/gpu": str(gpus)}
+        self.allocatable = dict(self.capacity)
+        self.runs: dict[str, PodRun] = {}
+        self.stopping = threading.Event()
+        server = urlparse(api.configuration.host)
+        self.api_host, self.api_port = server.hostname or "127.0.0.1", server.port or 443
+        self.venv_bin = str(Path(sys.executable).parent)
+
+    # --- the Pod's environment ----------------------------------------------------------------
+    def base_env(self, pod: dict) -> dict[str, str]:
+        """The node's environment, as a container's starting point: the project's environment
+        with the venv first on PATH, and what the kubelet always adds."""
+        drop = ("KUBECONFIG", "PYTEST_", "KUBERNETES_")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+        env["PATH"] = f"{self.venv_bin}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+        env["HOSTNAME"] = pod["metadata"]["name"]
+        # in-cluster config (kubernetes.config.load_incluster_config, kopf) finds the API here
+        port = str(self.api_port)
+        env.update({
+            "KUBERNETES_SERVICE_HOST": self.api_host, "KUBERNETES_SERVICE_PORT": port,
+            "KUBERNETES_SERVICE_PORT_HTTPS": port,
+            "KUBERNETES_PORT": f"tcp://{self.api_host}:{port}",
+            "KUBERNETES_PORT_443_TCP": f"tcp://{self.api_host}:{port}",
+            "KUBERNETES_PORT_443_TCP_PROTO": "tcp",
+            "KUBERNETES_PORT_443_TCP_ADDR": self.api_host,
+            "KUBERNETES_PORT_443_TCP_PORT": port,
+        })
+        return env
+
+    # --- the Node ----------------------------------------------------------------------------
+    def _node_status(self) -> dict:
+        ts = now()
+
+        def cond(t: str, s: str, reason: str, msg: str) -> dict:
+            return {"type": t, "status": s, "reason": reason, "message": msg,
+                    "lastHeartbeatTime": ts, "lastTransitionTime": ts}
+
+        return {
+            "capacity": self.capacity,
+            "allocatable": self.allocatable,
+            "conditions": [
+                cond("MemoryPressure", "False", "KubeletHasSufficientMemory", "ok"),
+                cond("DiskPressure", "False", "KubeletHasNoDiskPressure", "ok"),
+                cond("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
+                cond("Ready", "True", "KubeletReady", "kubeharness node agent is posting ready"),
+            ],
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+                          {"type": "Hostname", "address": self.node}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            "nodeInfo": {
+                "machineID": "", "systemUUID": "", "bootID": "",
+                "kernelVersion": os.uname().release,
+                "osImage": "kubeharness", "containerRuntimeVersion": "kubeharness://local-process",
+                "kubeletVersion": KUBERNETES_VERSION, "kubeProxyVersion": "",
+                "operatingSystem": "linux", "architecture": "amd64",
+            },
+        }
+
+    def register(self) -> None:
+        body = {
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": self.node, "labels": {
+                "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "kubeharness",
+            }},
+            "spec": {},
+            "status": self._node_status(),
+        }
+        try:
+            self.core.create_node(body, _preload_content=False)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+        # the create may drop status; make sure it is there
+        self.core.patch_node_status(self.node, {"status": self._node_status()},
+                                    _preload_content=False)
+        self._renew_lease()
+
+    def _renew_lease(self) -> None:
+        node = _raw(self.core.read_node(self.node, _preload_content=False))
+        body = {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.node, "namespace": "kube-node-lease",
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node",
+                                              "name": self.node,
+                                              "uid": node["metadata"]["uid"]}]},
+            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": LEASE_SECONDS,
+                     "renewTime": now_micro()},
+        }
+        try:
+            self.coordination.replace_namespaced_lease(self.node, "kube-node-lease", body,
+                                                       _preload_content=False)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.coordination.create_namespaced_lease("kube-node-lease", body,
+                                                      _preload_content=False)
+
+    def _heartbeat(self) -> None:
+        last_status = time.monotonic()
+        while not self.stopping.wait(RENEW_EVERY):
+            try:
+                self._renew_lease()
+                if time.monotonic() - last_status >= STATUS_EVERY:
+                    self.core.patch_node_status(self.node, {"status": self._node_status()},
+                                                _preload_content=False)
+                    last_status = time.monotonic()
+            except Exception as e:  # keep beating; the API server may be restarting
+                log.warning("heartbeat: %s", e)
+
+    # --- Pods --------------------------------------------------------------------------------
+    def _observe(self, kind: str, pod: dict) -> None:
+        meta = pod["metadata"]
+        uid = meta["uid"]
+        run = self.runs.get(uid)
+        if kind == "DELETED":
+            if run := self.runs.pop(uid, None):
+                run.request_delete(0)
+            return
+        deleting = meta.get("deletionTimestamp") is not None
+        if run is None:
+            phase = (pod.get("status") or {}).get("phase")
+            if phase in ("Succeeded", "Failed") or deleting:
+                # nothing of ours runs: a Pod that never started, or from before a restart
+                if deleting:
+                    with contextlib.suppress(ApiException):
+                        self.core.delete_namespaced_pod(
+                            meta["name"], meta["namespace"], grace_period_seconds=0,
+                            body={"preconditions": {"uid": uid}}, _preload_content=False)
+                return
+            run = self.runs[uid] = PodRun(self, pod)
+            run.start()
+        elif deleting and not run.deleting.is_set():
+            run.request_delete(meta.get("deletionGracePeriodSeconds"))
+
+    def _relist(self) -> str:
+        resp = _raw(self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={self.node}", _preload_content=False))
+        seen = set()
+        for pod in resp["items"]:
+            seen.add(pod["metadata"]["uid"])
+            self._observe("ADDED", pod)
+        for uid in list(self.runs):
+            if uid not in seen:  # deleted while we were not watching
+                self.runs.pop(uid).request_delete(0)
+        return resp["metadata"]["resourceVersion"]
+
+    def watch_pods(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                rv = self._relist()
+                w = watch.Watch()
+                for ev in w.stream(self.core.list_pod_for_all_namespaces,
+                                   field_selector=f"spec.nodeName={self.node}",
+                                   resource_version=rv, timeout_seconds=RELIST_EVERY,
+                                   allow_watch_bookmarks=True):
+                    if self.stopping.is_set():
+                        break
+                    kind, obj = ev["type"], ev["raw_object"]
+                    if kind == "ERROR":
+                        break  # e.g. 410 Gone: the resourceVersion expired; re-list
+                    if kind != "BOOKMARK":
+                        self._observe(kind, obj)
+            except ApiException as e:
+                if e.status != 410:
+                    log.warning("pod watch: %s", e)
+                    self.stopping.wait(1.0)
+            except Exception as e:  # connection reset, API server restart: re-list
+                log.warning("pod watch: %r", e)
+                self.stopping.wait(1.0)
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        for run in list(self.runs.values()):
+            for c in run.inits + run.mains:
+                c.kill(1.0)
+
+    def serve(self, ready_file: Path | None = None) -> None:
+        self.register()
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        if ready_file:
+            ready_file.write_text(self.node)
+        self.watch_pods()
+
+
+def pod_dir(state: Path, namespace: str, name: str, uid: str) -> Path:
+    """Where the agent keeps a Pod's files: <container>.log, volumes/, termination/."""
+    return state / "pods" / f"{namespace}_{name}_{uid}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--state", required=True, type=Path)
+    p.add_argument("--node", default="kubeharness-node")
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--cpu", default="16")
+    p.add_argument("--memory", default="64Gi")
+    p.add_argument("--ready-file", type=Path)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        sys.exit("the node agent needs root and unshare(1) (util-linux) to give each container "
+                 "its own mount namespace")
+    cfg = client.Configuration()
+    config.load_kube_config(config_file=args.kubeconfig, client_configuration=cfg)
+    cfg.connection_pool_maxsize = 64
+    agent = NodeAgent(client.ApiClient(cfg), args.node, args.state, args.gpus, args.cpu,
+                      args.memory)
+
+    def on_term(signum, frame):
+        agent.shutdown()
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    try:
+        agent.serve(args.ready_file)
+    finally:
+        agent.shutdown()
+
+
+if __name__ == "__main__":
+    main()
