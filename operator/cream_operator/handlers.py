@@ -1,0 +1,55 @@
+"""kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow timer, lead to
+one reconcile of that run (level-triggered: the decision looks at the whole state each time)."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from . import jobs
+from .controller import Controller
+from .spec import GROUP, PLURAL, VERSION
+
+log = logging.getLogger(__name__)
+
+# Set by main.run_operator before kopf starts.
+CONTROLLER: Controller | None = None
+RESYNC_SECONDS = 60.0
+
+
+def _controller() -> Controller:
+    if CONTROLLER is None:
+        raise RuntimeError("cream_operator.handlers.CONTROLLER is not set")
+    return CONTROLLER
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    # kopf keeps its own bookkeeping in annotations, so our status schema stays fully typed.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.execution.max_workers = 8
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def run_event(event: dict, namespace: str, name: str, **_) -> None:
+    if event.get("type") == "DELETED":
+        _controller().forget(namespace, name)  # its Jobs go through their ownerReferences
+        return
+    _controller().reconcile(namespace, name)
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
+def job_event(namespace: str, labels: dict, **_) -> None:
+    run = labels.get(jobs.LABEL_RUN)
+    if run:
+        _controller().reconcile(namespace, run)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
+def resync(namespace: str, name: str, **_) -> None:
+    """A safety net for a missed watch event; cheap, one GET and one LIST."""
+    _controller().reconcile(namespace, name)

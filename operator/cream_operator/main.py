@@ -1,0 +1,42 @@
+"""Start the operator: Kubernetes client, metrics endpoint, then kopf."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+from kubernetes import client, config
+from prometheus_client import start_http_server
+
+from . import handlers
+from .config import OperatorConfig
+from .controller import Controller
+from .metrics import Metrics
+
+
+def kube_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return client.ApiClient()
+
+
+def run_operator(args) -> int:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    metrics = Metrics()
+    start_http_server(args.metrics_port, registry=metrics.registry)
+    handlers.CONTROLLER = Controller(kube_client(), OperatorConfig.from_env(), metrics)
+    kopf.configure(verbose=args.verbose)
+    kopf.run(
+        clusterwide=not args.namespace,
+        namespaces=args.namespace,
+        liveness_endpoint=args.liveness,
+        standalone=args.peering is None,
+        peering_name=args.peering,
+        priority=args.priority,
+    )
+    return 0

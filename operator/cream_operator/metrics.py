@@ -1,0 +1,80 @@
+"""The operator's Prometheus metrics; the only module that touches prometheus-client.
+
+Per-run series (consistency, accuracy, pairs) are set from the run's status on every reconcile,
+so they are right after an operator restart too, and removed when the run goes away.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .spec import CreamRunStatus
+
+PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
+# Stage runtimes span seconds (consistency) to a day (SFT of an 8B model).
+STAGE_BUCKETS = (5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 86400)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.consistency = Gauge(
+            "cream_consistency_rate", "Mean consistency rate C of an iteration (0..1)",
+            ["namespace", "run", "iteration"], registry=r)
+        self.accuracy = Gauge(
+            "cream_eval_accuracy", "Accuracy of the model an iteration produced, per task",
+            ["namespace", "run", "iteration", "task"], registry=r)
+        self.pairs = Gauge(
+            "cream_dpo_pairs", "Preference pairs an iteration trained on",
+            ["namespace", "run", "iteration"], registry=r)
+        self.stage_duration = Histogram(
+            "cream_stage_duration_seconds", "Wall time of a finished stage's Job",
+            ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.runs = Gauge("cream_runs", "CreamRuns by phase", ["phase"], registry=r)
+        self.failures = Counter(
+            "cream_stage_failures", "Stages that failed (after their Job's retries)",
+            ["stage"], registry=r)
+        self.reconcile = Histogram(
+            "cream_reconcile_duration_seconds", "Time of one reconcile of a CreamRun",
+            registry=r)
+        self._series: dict[tuple[str, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
+        self._phases: dict[tuple[str, str], str] = {}
+        self._count_phases()
+
+    def observe_run(self, namespace: str, run: str, status: CreamRunStatus) -> None:
+        key = (namespace, run)
+        series: set[tuple[Gauge, tuple[str, ...]]] = set()
+        for res in status.results:
+            it = str(res.iteration)
+            if res.consistency_rate is not None:
+                series.add((self.consistency, (namespace, run, it)))
+                self.consistency.labels(namespace, run, it).set(res.consistency_rate)
+            if res.pairs is not None:
+                series.add((self.pairs, (namespace, run, it)))
+                self.pairs.labels(namespace, run, it).set(res.pairs)
+            for task, acc in res.accuracy.items():
+                series.add((self.accuracy, (namespace, run, it, task)))
+                self.accuracy.labels(namespace, run, it, task).set(acc)
+        for gauge, labels in self._series.get(key, set()) - series:
+            gauge.remove(*labels)
+        self._series[key] = series
+        if status.phase:
+            self._phases[key] = status.phase
+        self._count_phases()
+
+    def forget_run(self, namespace: str, run: str) -> None:
+        for gauge, labels in self._series.pop((namespace, run), set()):
+            gauge.remove(*labels)
+        self._phases.pop((namespace, run), None)
+        self._count_phases()
+
+    def stage_finished(self, stage: str, seconds: float) -> None:
+        self.stage_duration.labels(stage).observe(seconds)
+
+    def stage_failed(self, stage: str) -> None:
+        self.failures.labels(stage).inc()
+
+    def _count_phases(self) -> None:
+        for phase in PHASES:
+            self.runs.labels(phase).set(sum(1 for p in self._phases.values() if p == phase))

@@ -1,0 +1,74 @@
+"""What the reconcile decision needs to know of a Job, read from the Job and its Pods.
+
+Pure functions over the API's JSON (camelCase dicts), tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from .jobs import ANNOTATION_STEP
+from .reconcile import JobView, parse_metrics
+
+
+def _condition(job: dict, type_: str) -> dict | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_ and cond.get("status") == "True":
+            return cond
+    return None
+
+
+def _termination(pod: dict) -> dict:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return terminated
+    return {}
+
+
+def _newest(pods: list[dict], phase: str) -> dict | None:
+    matching = [p for p in pods if (p.get("status") or {}).get("phase") == phase]
+    return max(matching, key=lambda p: p["metadata"].get("creationTimestamp") or "",
+               default=None)
+
+
+def job_state(job: dict) -> str:
+    if _condition(job, "Complete"):
+        return "succeeded"
+    if _condition(job, "Failed"):
+        return "failed"
+    if (job.get("spec") or {}).get("suspend") and not (job.get("status") or {}).get("active"):
+        return "suspended"
+    return "active"
+
+
+def needs_pods(job: dict) -> bool:
+    """Only a finished Job's Pods tell anything more (its metrics or why it failed)."""
+    return job_state(job) in ("succeeded", "failed")
+
+
+def job_view(job: dict, pods: list[dict]) -> JobView:
+    meta = job["metadata"]
+    status = job.get("status") or {}
+    state = job_state(job)
+    message = metrics = None
+    if state == "succeeded":
+        pod = _newest(pods, "Succeeded")
+        metrics = parse_metrics(_termination(pod).get("message")) if pod else None
+    elif state == "failed":
+        pod = _newest(pods, "Failed")
+        term = _termination(pod) if pod else {}
+        cond = _condition(job, "Failed") or {}
+        # The stage's own words first; the Job controller's (e.g. BackoffLimitExceeded) else.
+        message = (term.get("message") or "").strip() or \
+            f"{cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip()
+        if term.get("exitCode") is not None:
+            message = f"{message} (exit code {term['exitCode']})"
+    return JobView(
+        name=meta["name"],
+        key=(meta.get("annotations") or {}).get(ANNOTATION_STEP, ""),
+        state=state,
+        start_time=status.get("startTime"),
+        completion_time=status.get("completionTime")
+        or ((_condition(job, "Failed") or {}).get("lastTransitionTime")),
+        message=message,
+        metrics=metrics,
+    )

@@ -1,0 +1,130 @@
+"""The Job manifests the operator creates for each step."""
+
+import copy
+import json
+from pathlib import Path
+
+import yaml
+
+from cream_operator import jobs, pipeline, specfile
+from cream_operator.config import OperatorConfig
+from cream_stages import artifacts, contract
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = yaml.safe_load((ROOT / "examples/tiny.yaml").read_text())
+BIG = yaml.safe_load((ROOT / "examples/llama3-8b.yaml").read_text())
+RUN = {"metadata": {"name": "tiny", "namespace": "ml", "uid": "0b1e-uid"}}
+CONFIG = OperatorConfig(stage_image="registry.example/stages:1", storage_uri="s3://b/runs")
+
+
+def _steps(doc):
+    spec = specfile.parse(doc).spec
+    return spec, {s.key: s for s in pipeline.plan(spec, "s3://b/runs/ml/tiny/0b1e-uid")}
+
+
+def test_names_are_deterministic_unique_and_short():
+    spec, steps = _steps(TINY)
+    names = [jobs.job_name("tiny", "0b1e-uid", s) for s in steps.values()]
+    assert len(set(names)) == len(names)
+    assert names == [jobs.job_name("tiny", "0b1e-uid", s) for s in steps.values()]
+    long = "a" * 63
+    for step in steps.values():
+        name = jobs.job_name(long, "0b1e-uid", step)
+        assert len(name) <= 60 and name[0].isalnum() and name[-1].isalnum(), name
+    # A new object of the same name gets new Job names.
+    assert jobs.job_name("tiny", "other-uid", steps["iter-0/sft"]) != names[0]
+
+
+def test_job_runs_the_stage_entrypoint_with_its_request_inline():
+    spec, steps = _steps(TINY)
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/score-m0"], CONFIG)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "cream_stages"]
+    assert container["args"][:2] == ["score", "--request"]
+    request = contract.parse_request(artifacts.read_json(container["args"][2]))
+    assert request == steps["iter-1/score-m0"].request
+    assert container["image"] == "registry.example/stages:1"
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "0b1e-uid"
+    assert job["metadata"]["labels"][jobs.LABEL_STAGE] == "score"
+    assert job["metadata"]["labels"][jobs.LABEL_ITERATION] == "1"
+    assert job["metadata"]["annotations"][jobs.ANNOTATION_STEP] == "iter-1/score-m0"
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    assert container["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_credentials_only_through_a_secret_reference():
+    spec, steps = _steps(BIG)
+    job = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], CONFIG)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["envFrom"] == [{"secretRef": {"name": "cream-s3", "optional": True}}]
+    text = json.dumps(job)
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "AWS_ACCESS_KEY_ID" not in text
+
+
+def test_scheduling_and_resources_from_the_spec():
+    spec, steps = _steps(BIG)
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
+    pod = job["spec"]["template"]["spec"]
+    res = pod["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "1"
+    assert res["requests"]["memory"] == "64Gi"
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                   "effect": "NoSchedule"}]
+    assert job["spec"]["backoffLimit"] == 2
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    consistency = jobs.job_manifest(RUN, spec, steps["iter-1/consistency"], CONFIG)
+    resources = consistency["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in json.dumps(resources)
+
+
+def test_multi_gpu_training_runs_under_torchrun():
+    spec, steps = _steps(BIG)
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/dpo"], CONFIG)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["torchrun", "--nproc_per_node=8", "--nnodes=1"]
+    assert container["args"][:3] == ["-m", "cream_stages", "dpo"]
+    assert "completionMode" not in job["spec"]
+    assert jobs.headless_service(RUN, steps["iter-1/dpo"], job) is None
+
+
+def test_multi_node_training_is_an_indexed_job_with_a_headless_service():
+    doc = copy.deepcopy(BIG)
+    doc["spec"]["resources"]["sft"]["nodes"] = 4
+    spec, steps = _steps(doc)
+    job = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], CONFIG)
+    name = job["metadata"]["name"]
+    assert (job["spec"]["completionMode"], job["spec"]["completions"],
+            job["spec"]["parallelism"]) == ("Indexed", 4, 4)
+    pod = job["spec"]["template"]["spec"]
+    assert pod["subdomain"] == name
+    command = pod["containers"][0]["command"]
+    assert "--nnodes=4" in command and "--node_rank=$(JOB_COMPLETION_INDEX)" in command
+    assert f"--master_addr={name}-0.{name}" in command
+    svc = jobs.headless_service(RUN, steps["iter-0/sft"], job)
+    assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == name
+    assert svc["spec"]["selector"] == {"job-name": name}
+    # Sampling never spans nodes.
+    sample = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
+    assert "completionMode" not in sample["spec"]
+
+
+def test_kueue_admits_jobs_through_suspend_and_the_queue_label():
+    doc = copy.deepcopy(TINY)
+    doc["spec"]["scheduling"] = {"queueName": "gpu-queue", "priorityClassName": "high",
+                                 "serviceAccountName": "trainer"}
+    spec, steps = _steps(doc)
+    job = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], CONFIG)
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"][jobs.KUEUE_QUEUE] == "gpu-queue"
+    pod = job["spec"]["template"]["spec"]
+    assert pod["priorityClassName"] == "high" and pod["serviceAccountName"] == "trainer"
+
+
+def test_image_per_stage_overrides_the_default():
+    doc = copy.deepcopy(TINY)
+    doc["spec"]["resources"]["consistency"]["image"] = "registry.example/slim:1"
+    spec, steps = _steps(doc)
+    image = jobs.job_manifest(RUN, spec, steps["iter-1/consistency"], CONFIG)[
+        "spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.example/slim:1"

@@ -1,0 +1,52 @@
+"""Reading a Job's outcome and a stage's metrics from the Job and its Pods."""
+
+import json
+
+from cream_operator.jobs import ANNOTATION_STEP
+from cream_operator.observe import job_state, job_view
+
+
+def _job(conditions=(), suspend=False, active=0):
+    meta = {"name": "tiny-ab12c-1-dpo", "annotations": {ANNOTATION_STEP: "iter-1/dpo"}}
+    return {"metadata": meta,
+            "spec": {"suspend": suspend},
+            "status": {"startTime": "2026-11-23T10:00:00Z", "active": active,
+                       "completionTime": "2026-11-23T10:01:00Z" if ("Complete", "True") in
+                       [(c["type"], c["status"]) for c in conditions] else None,
+                       "conditions": list(conditions)}}
+
+
+def _pod(phase, message=None, exit_code=0, created="2026-11-23T10:00:00Z"):
+    term = {"exitCode": exit_code, **({"message": message} if message else {})}
+    return {"metadata": {"creationTimestamp": created},
+            "status": {"phase": phase, "containerStatuses": [{"state": {"terminated": term}}]}}
+
+
+def test_states():
+    assert job_state(_job(active=1)) == "active"
+    assert job_state(_job([{"type": "Complete", "status": "True"}])) == "succeeded"
+    assert job_state(_job([{"type": "Failed", "status": "True"}])) == "failed"
+    assert job_state(_job(suspend=True)) == "suspended"
+
+
+def test_a_succeeded_stage_reports_its_metrics():
+    msg = json.dumps({"stage": "dpo", "metrics": {"pairs": 7, "loss_first": 0.69}})
+    view = job_view(_job([{"type": "Complete", "status": "True"}]), [_pod("Succeeded", msg)])
+    assert view.state == "succeeded" and view.key == "iter-1/dpo"
+    assert view.metrics.pairs == 7
+    assert view.completion_time == "2026-11-23T10:01:00Z"
+
+
+def test_a_failed_stage_reports_its_own_words_from_the_newest_pod():
+    failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+              "message": "Job has reached the specified backoff limit",
+              "lastTransitionTime": "2026-11-23T10:02:00Z"}
+    pods = [_pod("Failed", "old attempt", 1, "2026-11-23T10:00:00Z"),
+            _pod("Failed", "pairs.jsonl: line 3 is not valid JSON", 2, "2026-11-23T10:01:00Z")]
+    view = job_view(_job([failed]), pods)
+    assert view.state == "failed"
+    assert view.message == "pairs.jsonl: line 3 is not valid JSON (exit code 2)"
+    assert view.completion_time == "2026-11-23T10:02:00Z"
+    # Without a termination message, the Job controller's reason.
+    view = job_view(_job([failed]), [])
+    assert view.message.startswith("BackoffLimitExceeded: Job has reached")
