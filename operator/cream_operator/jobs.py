@@ -133,6 +133,7 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     env = [
         {"name": "CREAM_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "CREAM_STEP", "value": step.key},
+        {"name": "CREAM_RUN", "value": f"{run['metadata']['namespace']}/{run['metadata']['name']}"},
         # The image's root filesystem is read-only: caches go to the writable /tmp.
         {"name": "HOME", "value": "/tmp"},
         {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
@@ -179,6 +180,13 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
         job_labels[KUEUE_QUEUE] = sched.queue_name
     job_spec: dict = {
         "backoffLimit": sched.backoff_limit,
+        # Bad input (exit code 2) fails the same way every time: fail the Job at once. Anything
+        # else (a crash, an OOM kill, a lost node) is retried up to backoffLimit.
+        "podFailurePolicy": {"rules": [
+            {"action": "FailJob",
+             "onExitCodes": {"containerName": "stage", "operator": "In", "values": [2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+        ]},
         "template": {
             "metadata": {"labels": labels(run, step), "annotations": {ANNOTATION_STEP: step.key}},
             "spec": pod_spec,

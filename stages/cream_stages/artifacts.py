@@ -45,8 +45,13 @@ def _split_s3(uri: str) -> tuple[str, str]:
 @cache
 def _s3_client():
     import boto3  # noqa: PLC0415 - keeps `import cream_stages` light
+    from botocore.config import Config  # noqa: PLC0415
 
-    return boto3.client("s3")
+    # Self-hosted S3 (MinIO, Ceph, versitygw) behind AWS_ENDPOINT_URL wants path-style URLs.
+    default = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
+    style = os.environ.get("CREAM_S3_ADDRESSING_STYLE", default)
+    return boto3.client("s3", config=Config(s3={"addressing_style": style},
+                                            retries={"max_attempts": 5, "mode": "standard"}))
 
 
 def _s3_error(uri: str, exc: Exception) -> ArtifactError:

@@ -128,3 +128,12 @@ def test_image_per_stage_overrides_the_default():
     image = jobs.job_manifest(RUN, spec, steps["iter-1/consistency"], CONFIG)[
         "spec"]["template"]["spec"]["containers"][0]["image"]
     assert image == "registry.example/slim:1"
+
+
+def test_bad_input_fails_the_job_at_once_and_crashes_are_retried():
+    spec, steps = _steps(TINY)
+    job = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], CONFIG)
+    rules = job["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In",
+                                                   "values": [2]}} in rules
+    assert job["spec"]["backoffLimit"] == 2  # the spec's default, for everything else
