@@ -1,0 +1,316 @@
+"""The operator on the real control plane: a tiny CreamRun end to end, failures, restarts,
+suspend and delete. Stage Pods run the real stage code through the local node agent; artifacts go
+to the real S3 server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+from operator_process import JobCreations, OperatorProcess
+
+from cream_operator import pipeline, specfile
+from cream_operator.spec import GROUP, PLURAL, VERSION
+from cream_stages.contract import MANIFEST
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "examples" / "tiny.yaml"
+RUN_TIMEOUT = 1500  # the tiny run's 15 stages on 2 CPU cores, with margin
+
+
+@pytest.fixture(scope="session")
+def crd(kubectl):
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "cream.dev_creamruns.yaml"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s",
+            f"crd/{PLURAL}.{GROUP}")
+    return f"{PLURAL}.{GROUP}"
+
+
+@pytest.fixture
+def bucket(s3):
+    return s3.make_bucket()
+
+
+@pytest.fixture
+def s3_secret(k8s_api, namespace, s3):
+    client.CoreV1Api(k8s_api).create_namespaced_secret(namespace, {
+        "metadata": {"name": "cream-s3"}, "stringData": s3.env()})
+    return "cream-s3"
+
+
+@pytest.fixture
+def operator(crd, kube_env, namespace, bucket, s3_secret, tmp_path):
+    op = OperatorProcess(kube_env, namespace, tmp_path, f"s3://{bucket}/runs").start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def creations(k8s_api, namespace):
+    watcher = JobCreations(k8s_api, namespace).start()
+    yield watcher
+    watcher.stop()
+
+
+def _custom(k8s_api):
+    return client.CustomObjectsApi(k8s_api)
+
+
+def _get(k8s_api, namespace, name):
+    return _custom(k8s_api).get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+
+
+def _status(k8s_api, namespace, name) -> dict:
+    return _get(k8s_api, namespace, name).get("status") or {}
+
+
+def _apply(kubectl, namespace, doc: dict) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc))
+
+
+def _tiny(**spec_changes) -> dict:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["spec"].update(copy.deepcopy(spec_changes))
+    return doc
+
+
+def _wait_phase(wait_until, k8s_api, namespace, name, phases, op, timeout=RUN_TIMEOUT):
+    def reached():
+        status = _status(k8s_api, namespace, name)
+        return status if status.get("phase") in phases else None
+
+    try:
+        return wait_until(reached, timeout, f"CreamRun {name} to reach {phases}", interval=1)
+    except AssertionError:
+        status = _status(k8s_api, namespace, name)
+        raise AssertionError(f"status: {json.dumps(status, indent=1)[-4000:]}\n"
+                             f"operator log:\n{op.log_text()[-4000:]}") from None
+
+
+def _metric(text: str, name: str, **labels) -> float | None:
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', line.split("}")[0]))
+        if all(got.get(k) == str(v) for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def _jobs(k8s_api, namespace) -> list:
+    return client.BatchV1Api(k8s_api).list_namespaced_job(namespace).items
+
+
+def test_tiny_run_succeeds_through_an_operator_restart(
+        k8s_api, kubectl, namespace, operator, creations, s3, bucket, wait_until):
+    _apply(kubectl, namespace, _tiny())
+
+    # Kill the operator while iteration 1's sample stage runs, let that Job finish without it,
+    # then start it again: it must pick up from the status and the finished Job.
+    wait_until(lambda: _status(k8s_api, namespace, "tiny").get("stage") == "sample",
+               RUN_TIMEOUT, "iteration 1's sample stage to start", interval=0.5)
+    operator.kill()
+    wait_until(lambda: any(j.status.succeeded and j.metadata.annotations.get(
+        f"{GROUP}/step") == "iter-1/sample" for j in _jobs(k8s_api, namespace)),
+        600, "the sample Job to finish while the operator is down", interval=1)
+    operator.start()
+
+    status = _wait_phase(wait_until, k8s_api, namespace, "tiny", {"Succeeded", "Failed"},
+                         operator)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+
+    # Every stage ran as exactly one Job, created once, across the restart.
+    run = specfile.parse(yaml.safe_load(TINY.read_text()))
+    steps = pipeline.plan(run.spec, status["artifacts"])
+    assert len(creations.uids) == len(steps) == 15
+    assert all(len(uids) == 1 for uids in creations.uids.values()), dict(creations.uids)
+    jobs = _jobs(k8s_api, namespace)
+    assert sorted(j.metadata.annotations[f"{GROUP}/step"] for j in jobs) == \
+        sorted(s.key for s in steps)
+    assert all(j.status.succeeded == 1 and not j.status.failed for j in jobs)
+
+    # Status, the artifacts in S3 and the metrics agree.
+    results = {r["iteration"]: r for r in status["results"]}
+    assert sorted(results) == [0, 1, 2]
+    bucket_client = s3.client()
+    prefix = f"s3://{bucket}/"
+    manifests = {}
+    for step in steps:
+        key = step.manifest_uri.removeprefix(prefix)
+        manifests[step.key] = json.loads(
+            bucket_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    for t in (1, 2):
+        m = manifests[f"iter-{t}/consistency"]["metrics"]
+        assert results[t]["consistencyRate"] == pytest.approx(m["consistency_rate"])
+        assert results[t]["pairs"] == m["pairs"] and results[t]["dropped"] == m["dropped"]
+        assert 0.0 <= results[t]["consistencyRate"] <= 1.0
+        assert results[t]["modelUri"] == f"{status['artifacts']}/models/M{t + 1}"
+        assert bucket_client.head_object(
+            Bucket=bucket, Key=f"{results[t]['modelUri'].removeprefix(prefix)}/{MANIFEST}")
+    for t in (0, 1, 2):
+        acc = manifests[f"iter-{t}/evaluate"]["metrics"]["accuracy"]
+        assert results[t]["accuracy"] == pytest.approx(acc)
+        assert set(acc) == {"arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k"}
+    assert status["consistencyRate"] == pytest.approx(results[2]["consistencyRate"])
+
+    text = operator.metrics_text()
+    for t in (1, 2):
+        assert _metric(text, "cream_consistency_rate", namespace=namespace, run="tiny",
+                       iteration=t) == pytest.approx(results[t]["consistencyRate"])
+        assert _metric(text, "cream_dpo_pairs", namespace=namespace, run="tiny",
+                       iteration=t) == results[t]["pairs"]
+    for t in (0, 1, 2):
+        for task, acc in results[t]["accuracy"].items():
+            assert _metric(text, "cream_eval_accuracy", namespace=namespace, run="tiny",
+                           iteration=t, task=task) == pytest.approx(acc)
+    assert _metric(text, "cream_runs", phase="Succeeded") == 1
+    # Durations of the stages that finished after the restart (the restarted operator saw
+    # sample finish too: it was not in the status yet).
+    assert _metric(text, "cream_stage_duration_seconds_count", stage="dpo") == 2
+    assert _metric(text, "cream_stage_duration_seconds_count", stage="sample") >= 1
+
+    # What `kubectl get creamruns` shows.
+    table = kubectl("get", "creamruns", "-n", namespace).stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "PHASE", "ITERATION", "STAGE", "CONSISTENCY", "AGE"]
+    assert row.split()[:3] == ["tiny", "Succeeded", "2"]
+
+    # Events tell the story of each stage.
+    events = client.CoreV1Api(k8s_api).list_namespaced_event(
+        namespace, field_selector="involvedObject.name=tiny").items
+    reasons = [e.reason for e in events]
+    assert reasons.count("StageSucceeded") == 15 and reasons.count("StageStarted") >= 14
+
+    # Deleting the run removes its Jobs and its metric series; the artifacts stay.
+    _custom(k8s_api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
+    wait_until(lambda: not _jobs(k8s_api, namespace), 120, "the run's Jobs to be deleted")
+    wait_until(lambda: 'run="tiny"' not in operator.metrics_text(), 60,
+               "the run's metric series to go")
+    assert bucket_client.head_object(Bucket=bucket, Key=steps[-1].manifest_uri.removeprefix(
+        prefix))
+
+
+def test_bad_data_fails_the_run_with_the_stage_and_the_reason(
+        k8s_api, kubectl, namespace, operator, s3, bucket, wait_until):
+    s3.client().put_object(Bucket=bucket, Key="data/prompts.jsonl",
+                           Body=b'{"id": "p1", "prompt": "Say hi."}\n{"id": "p2", "prompt": \n')
+    doc = _tiny(iterations=1, data={"prompts": [f"s3://{bucket}/data/prompts.jsonl"]},
+                model={**_tiny()["spec"]["model"], "sft": "builtin://tiny-llama"},
+                evaluation={"tasks": [], "baseline": False})
+    doc["metadata"]["name"] = "bad-data"
+    _apply(kubectl, namespace, doc)
+    status = _wait_phase(wait_until, k8s_api, namespace, "bad-data", {"Failed", "Succeeded"},
+                         operator, timeout=300)
+    assert status["phase"] == "Failed"
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "StageFailed"
+    assert "iter-1/sample" in failed["message"]
+    assert "prompts.jsonl" in failed["message"] and "line 2" in failed["message"]
+    # Bad input is not retried: one Pod, and the Job failed by its pod failure policy.
+    job = next(j for j in _jobs(k8s_api, namespace))
+    assert job.status.failed == 1
+    assert _metric(operator.metrics_text(), "cream_stage_failures_total", stage="sample") == 1
+    assert _metric(operator.metrics_text(), "cream_runs", phase="Failed") == 1
+
+    # Fixing the data and touching the spec retries the failed stage.
+    s3.client().put_object(Bucket=bucket, Key="data/fixed.jsonl",
+                           Body=b'{"id": "p1", "prompt": "Say hi."}\n'
+                                b'{"id": "p2", "prompt": "Name a color."}\n')
+    fixed = copy.deepcopy(doc)
+    fixed["spec"]["data"]["prompts"] = [f"s3://{bucket}/data/fixed.jsonl"]
+    _apply(kubectl, namespace, fixed)
+    wait_until(lambda: (_status(k8s_api, namespace, "bad-data").get("stage") or "")
+               in ("score", "consistency", "dpo"), 300, "the retried sample stage to pass")
+
+
+def _stage_pids(step: str, run: str) -> list[int]:
+    """Processes of a stage Pod, found by the env the operator gives each stage."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            env = (proc / "environ").read_bytes().split(b"\0")
+            cmd = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"CREAM_STEP={step}".encode() in env and f"CREAM_RUN={run}".encode() in env \
+                and b"cream_stages" in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_crashed_stage_is_retried_then_suspend_and_delete(
+        k8s_api, kubectl, namespace, operator, wait_until):
+    doc = _tiny(iterations=1, model={**_tiny()["spec"]["model"], "sft": "builtin://tiny-llama"},
+                evaluation={"tasks": [], "baseline": False}, suspend=True)
+    doc["metadata"]["name"] = "crash"
+    _apply(kubectl, namespace, doc)
+
+    # Suspended from the start: no Job is created.
+    status = _wait_phase(wait_until, k8s_api, namespace, "crash", {"Suspended"}, operator, 60)
+    assert next(c for c in status["conditions"] if c["type"] == "Suspended")["status"] == "True"
+    time.sleep(3)
+    assert _jobs(k8s_api, namespace) == []
+
+    # Resume: the first stage starts; kill its process as a crash would.
+    doc["spec"]["suspend"] = False
+    _apply(kubectl, namespace, doc)
+    pids = wait_until(lambda: _stage_pids("iter-1/sample", f"{namespace}/crash"), 120,
+                      "the sample stage's process")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    # The Job retries (backoffLimit 2) and the stage then succeeds.
+    wait_until(lambda: any(j.status.succeeded for j in _jobs(k8s_api, namespace)), 300,
+               "the retried sample Job to succeed")
+    job = _jobs(k8s_api, namespace)[0]
+    assert job.status.failed == 1 and job.status.succeeded == 1
+
+    # Suspend again: the stages running finish, nothing new starts.
+    doc["spec"]["suspend"] = True
+    _apply(kubectl, namespace, doc)
+    _wait_phase(wait_until, k8s_api, namespace, "crash", {"Suspended"}, operator, 60)
+    wait_until(lambda: all(j.status.succeeded or j.status.failed
+                           for j in _jobs(k8s_api, namespace)), 300, "running stages to end")
+    count = len(_jobs(k8s_api, namespace))
+    time.sleep(5)
+    assert len(_jobs(k8s_api, namespace)) == count
+
+    # Delete: Jobs and metric series go.
+    _custom(k8s_api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "crash")
+    wait_until(lambda: not _jobs(k8s_api, namespace), 120, "the run's Jobs to be deleted")
+    wait_until(lambda: 'run="crash"' not in operator.metrics_text()
+               and _metric(operator.metrics_text(), "cream_runs", phase="Suspended") == 0,
+               60, "the run's metric series to go")
+
+
+def test_the_api_server_rejects_a_creamrun_that_cannot_work(crd, kubectl, namespace):
+    doc = _tiny()
+    doc["spec"]["sampling"]["n"] = 1
+    doc["spec"]["consistency"]["strategy"] = "median"
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0
+    assert "spec.sampling.n" in proc.stderr and "spec.consistency.strategy" in proc.stderr
+
+    doc = _tiny()
+    del doc["spec"]["data"]["sft"]
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and "data.sft is required" in proc.stderr
+
+    # The model and storage are immutable once created.
+    ok = _tiny(suspend=True)
+    ok["metadata"]["name"] = "immutable"
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ok))
+    ok["spec"]["model"]["base"] = "hf://someone/else"
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(ok), check=False)
+    assert proc.returncode != 0 and "spec.model is immutable" in proc.stderr
