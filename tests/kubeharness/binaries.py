@@ -114,7 +114,8 @@ class GoBuild:
         ldflags = " ".join(["-s", "-w", *self.ldflags])
         cmd = [go_binary(), "build", "-trimpath", "-ldflags", ldflags]
         cmd += ["-o", str(tmp) + "/", *self.packages]
-        print(f"[kubeharness] building {self.name}: {' '.join(self.packages)}", file=log, flush=True)
+        print(f"[kubeharness] building {self.name}: {' '.join(self.packages)}", file=log,
+              flush=True)
         _run(cmd, cwd=work)
         outdir.mkdir(parents=True, exist_ok=True)
         for pkg, binname in self.packages.items():

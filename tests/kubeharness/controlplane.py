@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
 import ssl
 import urllib.request
 from dataclasses import dataclass, field
@@ -91,6 +92,8 @@ class ControlPlane:
         bins = {name: str(binaries.find(name)) for name in (
             "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")}
         self.state.mkdir(parents=True, exist_ok=True)
+        # a new cluster every time: old objects would carry tokens signed by an old key
+        shutil.rmtree(self.state / "etcd", ignore_errors=True)
         self.pki = pki = make_pki(self.state / "pki")
 
         etcd_port, peer_port = free_port(), free_port()

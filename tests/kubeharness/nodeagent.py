@@ -42,6 +42,7 @@ from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
 from . import podspec
+from .binaries import KUBERNETES_VERSION
 from .process import _die_with_parent
 
 log = logging.getLogger("kubeharness.nodeagent")
@@ -54,7 +55,8 @@ RELIST_EVERY = 50  # seconds a watch runs before a full re-list (also the resync
 BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # container restarts (the kubelet's are 10s..5min)
 MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet
 FALLBACK_LINES = 80
-KUBERNETES_VERSION = "v1.36.3"
+MERGE_PATCH = "application/merge-patch+json"
+STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 
 def now() -> str:
@@ -67,6 +69,11 @@ def now_micro() -> str:
 
 def _raw(resp) -> dict:
     return json.loads(resp.data)
+
+
+def _delete_now(uid: str) -> dict:
+    # with a body, the API server reads DeleteOptions only from it, not from query parameters
+    return {"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
 
 
 class ContainerRun:
@@ -425,8 +432,7 @@ class PodRun(threading.Thread):
             self.push_status()
         try:
             self.agent.core.delete_namespaced_pod(
-                self.pod_name, self.ns, grace_period_seconds=0,
-                body={"preconditions": {"uid": self.uid}}, _preload_content=False)
+                self.pod_name, self.ns, body=_delete_now(self.uid), _preload_content=False)
         except ApiException as e:
             if e.status not in (404, 409):
                 log.warning("deleting %s/%s: %s", self.ns, self.pod_name, e)
@@ -519,9 +525,13 @@ class NodeAgent:
             if e.status != 409:
                 raise
         # the create may drop status; make sure it is there
-        self.core.patch_node_status(self.node, {"status": self._node_status()},
-                                    _preload_content=False)
+        self._patch_node_status()
         self._renew_lease()
+
+    def _patch_node_status(self) -> None:
+        # strategic merge: conditions merge by type, so others' conditions stay
+        self.core.patch_node_status(self.node, {"status": self._node_status()},
+                                    _content_type=STRATEGIC_PATCH, _preload_content=False)
 
     def _renew_lease(self) -> None:
         node = _raw(self.core.read_node(self.node, _preload_content=False))
@@ -535,8 +545,9 @@ class NodeAgent:
                      "renewTime": now_micro()},
         }
         try:
-            self.coordination.replace_namespaced_lease(self.node, "kube-node-lease", body,
-                                                       _preload_content=False)
+            self.coordination.patch_namespaced_lease(
+                self.node, "kube-node-lease", {"spec": body["spec"]},
+                _content_type=MERGE_PATCH, _preload_content=False)
         except ApiException as e:
             if e.status != 404:
                 raise
@@ -549,8 +560,7 @@ class NodeAgent:
             try:
                 self._renew_lease()
                 if time.monotonic() - last_status >= STATUS_EVERY:
-                    self.core.patch_node_status(self.node, {"status": self._node_status()},
-                                                _preload_content=False)
+                    self._patch_node_status()
                     last_status = time.monotonic()
             except Exception as e:  # keep beating; the API server may be restarting
                 log.warning("heartbeat: %s", e)
@@ -572,8 +582,8 @@ class NodeAgent:
                 if deleting:
                     with contextlib.suppress(ApiException):
                         self.core.delete_namespaced_pod(
-                            meta["name"], meta["namespace"], grace_period_seconds=0,
-                            body={"preconditions": {"uid": uid}}, _preload_content=False)
+                            meta["name"], meta["namespace"], body=_delete_now(uid),
+                            _preload_content=False)
                 return
             run = self.runs[uid] = PodRun(self, pod)
             run.start()

@@ -1,0 +1,188 @@
+"""Fixtures for tests against the real test cluster (tests/kubeharness).
+
+One cluster per pytest session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
+(Kubernetes v1.36.3) and the local node agent, plus a versitygw S3 server. Everything listens on
+free loopback ports and is stopped at session end (and killed by the kernel if pytest dies).
+Missing binaries make these fixtures error, never skip, with the command that builds them
+(``make cluster-tools``). Mark tests that use them ``@pytest.mark.cluster``.
+
+Session-scoped:
+
+``cluster``            kubeharness.cluster.Cluster: ``.kubeconfig``, ``.state``, ``.node_name``,
+                       ``.gpus``, ``.pods_dir``, ``.api_client()``, ``.control_plane.server``;
+                       component logs under ``cluster.state / "logs"``.
+``kubeconfig``         Path of the admin kubeconfig (kubectl and the kubernetes client read it).
+``k8s_api``            kubernetes.client.ApiClient configured for the cluster admin; wrap it:
+                       ``client.CoreV1Api(k8s_api)``, ``client.BatchV1Api(k8s_api)``, ...
+``kube_env``           os.environ plus KUBECONFIG and the pinned kubectl first on PATH: pass as
+                       ``env=`` to subprocesses (an operator under test, kubectl, helm).
+``kubectl``            kubectl(*args, input=None, check=True) -> CompletedProcess (text), the
+                       pinned kubectl against this cluster.
+``namespace_factory``  make(prefix="t") -> name: a fresh namespace whose ``default``
+                       ServiceAccount exists (Pods are rejected before it does). Deleted at
+                       session end.
+``node_agent``         NodeAgentInfo: ``.name``, ``.gpus``, ``.pods_dir``, and
+                       ``.log(pod, container=None) -> Path`` for a container's output file
+                       (``<pods_dir>/<namespace>_<pod>_<uid>/<container>.log``).
+``s3``                 kubeharness.s3server.S3Server: ``.endpoint``, ``.access_key``,
+                       ``.secret_key``, ``.region``, ``.make_bucket(name=None) -> name``,
+                       ``.client()`` (boto3), ``.env()`` (AWS_* variables for a subprocess).
+
+Function-scoped:
+
+``namespace``          a fresh namespace for one test, deleted (with its Pods) afterwards.
+``prometheus_factory`` start(targets=["127.0.0.1:PORT"], extra_scrape_configs=[...],
+                       scrape_interval="1s") -> kubeharness.prometheus.Prometheus with
+                       ``.url``, ``.query(promql)``, ``.wait_for_value(promql, timeout)``;
+                       stopped after the test.
+``wait_until``         wait_until(fn, timeout=60, what="...") -> fn's first truthy result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from kubeharness import binaries, testing
+from kubeharness.cluster import Cluster
+from kubeharness.prometheus import Prometheus
+from kubeharness.s3server import S3Server
+
+GPUS = 8
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    state = tmp_path_factory.mktemp("kubeharness")
+    c = Cluster(state, gpus=GPUS)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster: Cluster) -> Path:
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def k8s_api(cluster: Cluster) -> client.ApiClient:
+    return cluster.api_client()
+
+
+@pytest.fixture(scope="session")
+def kube_env(cluster: Cluster) -> dict[str, str]:
+    return cluster.control_plane.env()
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Callable[..., subprocess.CompletedProcess]:
+    exe = str(binaries.find("kubectl"))
+
+    def run(*args: str, input: str | None = None, check: bool = True):
+        proc = subprocess.run([exe, f"--kubeconfig={cluster.kubeconfig}", *args], input=input,
+                              capture_output=True, text=True, timeout=120)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed:\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def wait_until() -> Callable:
+    return testing.wait_until
+
+
+@pytest.fixture(scope="session")
+def namespace_factory(k8s_api: client.ApiClient) -> Iterator[Callable[..., str]]:
+    core = client.CoreV1Api(k8s_api)
+    made: list[str] = []
+
+    def make(prefix: str = "t") -> str:
+        name = f"{prefix}-{secrets.token_hex(3)}"
+        core.create_namespace({"metadata": {"name": name}})
+        made.append(name)
+
+        def has_default_sa() -> bool:
+            try:
+                return core.read_namespaced_service_account("default", name) is not None
+            except client.ApiException as e:
+                if e.status == 404:
+                    return False
+                raise
+
+        testing.wait_until(has_default_sa, 60, f"ServiceAccount {name}/default")
+        return name
+
+    make.delete = lambda name: core.delete_namespace(name)  # type: ignore[attr-defined]
+    yield make
+    for name in made:
+        with contextlib.suppress(client.ApiException):
+            core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(namespace_factory) -> Iterator[str]:
+    name = namespace_factory()
+    yield name
+    with contextlib.suppress(client.ApiException):
+        namespace_factory.delete(name)
+
+
+@dataclass(frozen=True)
+class NodeAgentInfo:
+    name: str
+    gpus: int
+    pods_dir: Path
+
+    def pod_dir(self, pod: client.V1Pod | dict) -> Path:
+        if not isinstance(pod, dict):
+            pod = client.ApiClient().sanitize_for_serialization(pod)
+        meta = pod["metadata"]
+        return self.pods_dir / f"{meta['namespace']}_{meta['name']}_{meta['uid']}"
+
+    def log(self, pod: client.V1Pod | dict, container: str | None = None) -> Path:
+        if not isinstance(pod, dict):
+            pod = client.ApiClient().sanitize_for_serialization(pod)
+        name = container or pod["spec"]["containers"][0]["name"]
+        return self.pod_dir(pod) / f"{name}.log"
+
+
+@pytest.fixture(scope="session")
+def node_agent(cluster: Cluster) -> NodeAgentInfo:
+    return NodeAgentInfo(cluster.node_name, cluster.gpus, cluster.pods_dir)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    server = S3Server(tmp_path_factory.mktemp("s3")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
+    started: list[Prometheus] = []
+
+    def start(targets: list[str] | None = None, extra_scrape_configs: list[dict] | None = None,
+              scrape_interval: str = "1s") -> Prometheus:
+        prom = Prometheus(tmp_path / f"prometheus-{len(started)}", list(targets or []),
+                          scrape_interval, list(extra_scrape_configs or []))
+        started.append(prom)
+        return prom.start()
+
+    yield start
+    for prom in started:
+        prom.stop()
