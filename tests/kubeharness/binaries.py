@@ -29,8 +29,9 @@ KUBERNETES_VERSION = "v1.36.3"
 # Kubernetes' dependency versions and shares their compilation.
 ETCD_VERSION = "v3.6.8"
 HELM_VERSION = "v4.3.1"
-# The S3 server: see s3server.py for why this one.
-VERSITYGW_VERSION = "v1.8.0"
+# MinIO publishes no tagged Go module versions: this pseudo-version is its last community commit
+# (2026-02-12). See s3server.py.
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -176,12 +177,18 @@ def helm_build() -> GoBuild:
     )
 
 
-def s3_build() -> GoBuild:
+def _minio_commit() -> str:
+    return MINIO_VERSION.rsplit("-", 1)[1]
+
+
+def minio_build() -> GoBuild:
+    commit = _minio_commit()
     return GoBuild(
-        name=f"versitygw-{VERSITYGW_VERSION}",
-        requires={"github.com/versity/versitygw": VERSITYGW_VERSION},
-        packages={"github.com/versity/versitygw/cmd/versitygw": "versitygw"},
-        ldflags=[f"-X main.Version={VERSITYGW_VERSION}"],
+        name=f"minio-{MINIO_VERSION}",
+        requires={"github.com/minio/minio": MINIO_VERSION},
+        packages={"github.com/minio/minio": "minio"},
+        ldflags=[f"-X github.com/minio/minio/cmd.CommitID={commit}",
+                 f"-X github.com/minio/minio/cmd.ShortCommitID={commit}"],
     )
 
 
@@ -219,8 +226,9 @@ TOOLS: dict[str, Tool] = {
     "etcd": Tool("etcd", ETCD_VERSION, f"kubernetes-{KUBERNETES_VERSION}", ("--version",),
                  kubernetes_build),
     "helm": Tool("helm", HELM_VERSION, f"helm-{HELM_VERSION}", ("version",), helm_build),
-    "versitygw": Tool("versitygw", VERSITYGW_VERSION, f"versitygw-{VERSITYGW_VERSION}",
-                      ("--version",), s3_build),
+    # minio reports its commit, not a version
+    "minio": Tool("minio", _minio_commit(), f"minio-{MINIO_VERSION}", ("--version",),
+                  minio_build),
 }
 
 
