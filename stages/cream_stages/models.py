@@ -1,0 +1,159 @@
+"""Model URIs: where a model lives, and loading it like any Hugging Face checkpoint.
+
+- `builtin://tiny-llama`: the tiny model of tiny_model.py, built on first use into the cache.
+- `hf://org/name`: the Hugging Face hub id `org/name` (from_pretrained downloads it).
+- `s3://bucket/prefix`: a checkpoint a stage wrote; downloaded once into the cache, keyed by URI.
+  Its `manifest.json` must exist, so a half-written model is never read.
+- anything else: a local directory.
+
+The cache is `$CREAM_CACHE_DIR`, else `${XDG_CACHE_HOME:-~/.cache}/cream-operator`. Everything
+enters it through a temporary directory renamed into place, so stages running side by side never
+see half a model. Importing this module does not import torch (the operator's CLI uses
+resolve_model_uri to validate specs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from . import artifacts
+from .contract import MANIFEST
+from .errors import StageInputError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_MODELS = ("tiny-llama",)
+
+
+def cache_dir() -> Path:
+    if os.environ.get("CREAM_CACHE_DIR"):
+        return Path(os.environ["CREAM_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cream-operator"
+
+
+def _materialise(target: Path, fill: Callable[[Path], object]) -> Path:
+    """Fill `target` once: into a temp dir beside it, then an atomic rename (first one wins)."""
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not target.is_dir():  # lost the race to a concurrent stage: theirs is as good
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_uri(uri: str) -> str:
+    """What from_pretrained should load for `uri`: a local directory, or a hub id for hf://.
+
+    Builds the builtin model and downloads S3 models into the cache on first use; raises
+    StageInputError (naming the URI) when there is nothing to load.
+    """
+    if uri.startswith("builtin://"):
+        name = uri.removeprefix("builtin://").strip("/")
+        if name not in BUILTIN_MODELS:
+            known = ", ".join(BUILTIN_MODELS)
+            raise StageInputError(f"{uri}: unknown builtin model (known: {known})")
+        from . import tiny_model  # noqa: PLC0415
+
+        target = cache_dir() / "models" / f"{name}-{tiny_model.recipe_key()}"
+        if not target.is_dir():
+            log.info("building %s into %s", uri, target)
+        return str(_materialise(target, tiny_model.build))
+    if uri.startswith("hf://"):
+        repo_id = uri.removeprefix("hf://").strip("/")
+        if not repo_id:
+            raise StageInputError(f"{uri}: expected hf://org/name")
+        return repo_id
+    if artifacts.is_s3(uri):
+        if not artifacts.exists(artifacts.join(uri, MANIFEST)):
+            raise StageInputError(
+                f"{uri}: no {MANIFEST} under this prefix: the model is missing or half-written"
+            )
+        key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
+        target = cache_dir() / "s3" / key
+        if not target.is_dir():
+            log.info("downloading %s into %s", uri, target)
+        return str(_materialise(target, lambda tmp: artifacts.download_dir(uri, tmp)))
+    path = Path(uri)
+    if not path.is_dir():
+        raise StageInputError(f"{uri}: model directory does not exist")
+    if not (path / "config.json").is_file():
+        raise StageInputError(f"{uri}: not a model checkpoint (no config.json)")
+    return str(path)
+
+
+def torch_dtype(precision: str):
+    import torch  # noqa: PLC0415
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[
+        precision
+    ]
+
+
+def load_tokenizer(path: str):
+    """The checkpoint's tokenizer; a missing pad token becomes eos (the vocabulary never changes:
+    attention masks keep pads out of every computation)."""
+    from transformers import AutoTokenizer  # noqa: PLC0415
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise StageInputError(f"{path}: the tokenizer has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.chat_template is None:
+        raise StageInputError(f"{path}: the tokenizer has no chat template")
+    return tokenizer
+
+
+def load_model(uri: str, precision: str = "float32", device: str | None = None):
+    """(model, tokenizer, local path) for a model URI, the model in eval mode."""
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415
+
+    path = resolve_model_uri(uri)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(precision))
+    if device:
+        model.to(device)
+    model.eval()
+    fit_threads(model)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, path
+
+
+SMALL_MODEL_PARAMS = 20_000_000
+
+
+def fit_threads(model) -> None:
+    """One intra-op thread for a small model on the CPU, unless CREAM_TORCH_THREADS says otherwise.
+
+    Its matrices are too small to gain from threads, and when the cores are shared (tests, other
+    jobs) spinning OpenMP workers make every forward pass ~100x slower (measured on 2 cores).
+    """
+    import torch  # noqa: PLC0415
+
+    if os.environ.get("CREAM_TORCH_THREADS"):
+        torch.set_num_threads(int(os.environ["CREAM_TORCH_THREADS"]))
+    elif model.device.type == "cpu" and model.num_parameters() < SMALL_MODEL_PARAMS:
+        torch.set_num_threads(1)
+
+
+def default_device() -> str:
+    import torch  # noqa: PLC0415
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
