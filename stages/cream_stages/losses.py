@@ -1,0 +1,21 @@
+"""CREAM's consistency-regularised DPO loss (ours to own: TRL has no per-example weights).
+
+z = beta * ((s_theta(c) - s_ref(c)) - (s_theta(r) - s_ref(r)))
+loss = C * -log sigmoid(z) + (1 - C) * -log sigmoid(-z)
+
+C = 1 is plain DPO; C = 0 trains on the reversed preference; C = 1/2 pulls z towards 0.
+logsigmoid keeps it finite for any z.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cream_dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor,
+                   ref_chosen: torch.Tensor, ref_rejected: torch.Tensor,
+                   weight: torch.Tensor, beta: float) -> torch.Tensor:
+    """Per-pair losses (shape [batch]) from summed sequence log-probs and the weights C."""
+    z = beta * ((policy_chosen - ref_chosen) - (policy_rejected - ref_rejected))
+    return -(weight * F.logsigmoid(z) + (1.0 - weight) * F.logsigmoid(-z))
