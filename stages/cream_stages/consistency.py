@@ -1,0 +1,121 @@
+"""Stage `consistency`: rewards, per-prompt consistency C, and the weighted preference pairs.
+
+r_t = s_{M_t} - s_{M_{t-1}}; r_{t-1} = s_{M_{t-1}} - s_{M_{t-2}} (t >= 2) or s_{M0} / |y| (t = 1,
+where `previous` holds M0's scores). The math is in consistency_math.py; this stage reads and
+cross-checks the files and keys every value by prompt id. The reported consistency_rate is the
+mean C over the kept prompts, whatever the strategy (with `none` it is measured, not used).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from . import artifacts
+from . import consistency_math as cm
+from .contract import MANIFEST, PAIRS_FILE, PER_PROMPT_FILE, ConsistencyRequest
+from .data import check_scores_match, load_responses, load_scores
+from .errors import StageInputError
+from .runner import StageResult
+
+log = logging.getLogger(__name__)
+
+
+def _score_manifest(scores_uri: str) -> dict | None:
+    """The manifest next to a score file, if it was written by our score stage."""
+    parent = scores_uri.rstrip("/").rsplit("/", 1)[0] if "/" in scores_uri else "."
+    uri = artifacts.join(parent, MANIFEST)
+    if not artifacts.exists(uri):
+        return None
+    manifest = artifacts.read_json(uri)
+    return manifest if isinstance(manifest, dict) and manifest.get("stage") == "score" else None
+
+
+def check_same_backend(uris: list[str]) -> None:
+    """Every score of an iteration from the same backend and precision: vLLM and transformers
+    log-probs differ slightly, enough to flip near-tied rankings."""
+    seen: dict[tuple, str] = {}
+    for uri in uris:
+        manifest = _score_manifest(uri)
+        if manifest is None:
+            continue
+        request = manifest.get("request", {})
+        seen.setdefault((request.get("backend"), request.get("precision")), uri)
+    if len(seen) > 1:
+        detail = "; ".join(f"{uri}: backend {b}, precision {p}" for (b, p), uri in seen.items())
+        raise StageInputError(f"scores of one iteration come from different backends or "
+                              f"precisions ({detail})")
+
+
+def run(req: ConsistencyRequest) -> StageResult:
+    if req.iteration >= 2 and req.previous2 is None:
+        raise StageInputError("field 'previous2' (scores of M_{t-2}) is required at iteration "
+                              f"{req.iteration} >= 2")
+    if req.iteration == 1 and req.previous2 is not None:
+        raise StageInputError("field 'previous2' must be absent at iteration 1: r_0 is M0's "
+                              "length-normalised log-likelihood")
+    responses = load_responses(req.responses)
+    if not responses:
+        raise StageInputError(f"{req.responses}: no responses")
+    score_uris = [u for u in (req.current, req.previous, req.previous2) if u is not None]
+    scores = []
+    for uri in score_uris:
+        loaded = load_scores(uri)
+        check_scores_match(req.responses, responses, uri, loaded)
+        scores.append(loaded)
+    check_same_backend(score_uris)
+    current, previous = scores[0], scores[1]
+    previous2 = scores[2] if len(scores) == 3 else None
+
+    results: dict[str, cm.PromptResult] = {}
+    for row in responses:
+        pid = row.prompt_id
+        r_t = cm.current_rewards(current[pid].logps, previous[pid].logps)
+        if previous2 is not None:
+            r_prev = cm.previous_rewards(previous[pid].logps, previous2[pid].logps)
+        else:
+            r_prev = cm.previous_rewards(previous[pid].logps, lengths=previous[pid].lengths)
+        results[pid] = cm.prompt_result(pid, r_t, r_prev, req.method)
+    kept = [r for r in results.values() if r.kept]
+    if not kept:
+        raise StageInputError(f"{req.current}: every prompt's rewards r_t tie: no preference "
+                              "pair can be formed")
+    weights = cm.pair_weights(results, req.strategy)
+    rate = cm.consistency_rate(results)
+
+    field = cm.METHOD_FIELD[req.method]
+    per_prompt = [{"prompt_id": r.prompt_id, field: r.agreement, "c": r.c, "kept": r.kept}
+                  for r in results.values()]
+    pairs = []
+    for row in responses:
+        res = results[row.prompt_id]
+        if not res.kept:
+            continue
+        c, rj = res.chosen_index, res.rejected_index
+        ref = current[row.prompt_id]
+        pairs.append({
+            "prompt_id": row.prompt_id,
+            "prompt": row.prompt,
+            "chosen": row.responses[c],
+            "rejected": row.responses[rj],
+            "chosen_index": c,
+            "rejected_index": rj,
+            "weight": weights[row.prompt_id],
+            "ref_chosen_logp": ref.logps[c],
+            "ref_rejected_logp": ref.logps[rj],
+            # How many tokens score summed: dpo re-tokenises and checks it counts the same.
+            "chosen_length": ref.lengths[c],
+            "rejected_length": ref.lengths[rj],
+        })
+    dropped = len(results) - len(kept)
+    if dropped:
+        log.info("dropped %d prompt(s) whose rewards all tie", dropped)
+    artifacts.write_jsonl(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
+    artifacts.write_jsonl(artifacts.join(req.output, PAIRS_FILE), pairs)
+    inputs = {"responses": req.responses, "current": req.current, "previous": req.previous,
+              "previous2": req.previous2}
+    return StageResult(
+        inputs=inputs,
+        outputs={"pairs": PAIRS_FILE, "per_prompt": PER_PROMPT_FILE},
+        metrics={"consistency_rate": rate, "pairs": len(pairs), "dropped": dropped,
+                 "prompts": len(results), "method": req.method, "strategy": req.strategy},
+    )

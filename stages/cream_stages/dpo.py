@@ -1,0 +1,94 @@
+"""Stage `dpo`: M_t -> M_{t+1} with CREAM's consistency-weighted DPO loss (losses.py).
+
+The reference model is M_t, whose log-probs of every chosen and rejected response score already
+computed: they come from the pairs file, so no reference model is loaded. The pairs are tokenised
+with tokenization.py exactly as score did; a token count that differs from score's (another
+max_length, another tokenizer) fails the stage instead of silently training on a wrong reference.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .contract import DpoRequest
+from .data import Pair, load_pairs
+from .errors import StageInputError
+from .runner import StageResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DpoExample:
+    chosen: object  # Encoded
+    rejected: object  # Encoded
+    ref_chosen: float
+    ref_rejected: float
+    weight: float
+
+
+def encode_pairs(tokenizer, pairs: list[Pair], max_length: int, uri: str) -> list[DpoExample]:
+    from .tokenization import encode_pair  # noqa: PLC0415
+
+    out = []
+    for pair in pairs:
+        chosen = encode_pair(tokenizer, pair.prompt, pair.chosen, max_length)
+        rejected = encode_pair(tokenizer, pair.prompt, pair.rejected, max_length)
+        for name, enc, recorded in (("chosen", chosen, pair.ref_chosen_length),
+                                    ("rejected", rejected, pair.ref_rejected_length)):
+            if recorded is not None and enc.n_targets != recorded:
+                raise StageInputError(
+                    f"{uri}: prompt_id {pair.prompt_id}: the {name} response has {enc.n_targets} "
+                    f"tokens under max_length {max_length} but score counted {recorded}: score "
+                    "and dpo must use the same model and max_length, or the reference log-probs "
+                    "do not match"
+                )
+        out.append(DpoExample(chosen, rejected, pair.ref_chosen_logp, pair.ref_rejected_logp,
+                              pair.weight))
+    return out
+
+
+def make_loss_fn(pad_id: int, beta: float):
+    import torch  # noqa: PLC0415
+
+    from .logprobs import pad_batch, sequence_logps  # noqa: PLC0415
+    from .losses import cream_dpo_loss  # noqa: PLC0415
+
+    def loss_fn(model, batch: list[DpoExample]):
+        device = next(model.parameters()).device
+        # Chosen and rejected in one forward pass.
+        encs = [ex.chosen for ex in batch] + [ex.rejected for ex in batch]
+        logps = sequence_logps(model, *pad_batch(encs, pad_id, device))
+        n = len(batch)
+
+        def col(name):
+            return torch.tensor([getattr(ex, name) for ex in batch], device=device)
+
+        losses = cream_dpo_loss(logps[:n], logps[n:], col("ref_chosen"), col("ref_rejected"),
+                                col("weight"), beta)
+        return losses.mean()
+
+    return loss_fn
+
+
+def run(req: DpoRequest) -> StageResult:
+    from .models import load_tokenizer, resolve_model_uri  # noqa: PLC0415
+    from .training import train_and_save  # noqa: PLC0415
+
+    pairs = load_pairs(req.pairs)
+    path = resolve_model_uri(req.model)
+    tokenizer = load_tokenizer(path)
+    examples = encode_pairs(tokenizer, pairs, req.train.max_length, req.pairs)
+    log.info("DPO on %d pairs, beta %s, %d epoch(s)", len(examples), req.beta, req.train.epochs)
+    stats = train_and_save(path, tokenizer, examples, make_loss_fn(tokenizer.pad_token_id,
+                                                                   req.beta),
+                           req.train, req.seed, req.output, desc="dpo")
+    if stats is None:
+        return None
+    return StageResult(
+        inputs={"model": req.model, "pairs": req.pairs},
+        outputs={"model": "."},
+        metrics={"pairs": stats.examples, "steps": stats.steps, "loss_first": stats.loss_first,
+                 "loss_last": stats.loss_last},
+    )
