@@ -1,0 +1,32 @@
+"""Running a stage as the operator does, and inspecting what it left."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+TINY = "builtin://tiny-llama"
+
+
+def run_stage(stage: str, request: dict, workdir: Path, name: str | None = None,
+              env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m cream_stages <stage> --request <file>`, as the operator runs it."""
+    path = workdir / f"{name or stage}.request.json"
+    path.write_text(json.dumps(request))
+    full_env = {**os.environ, "CREAM_TERMINATION_LOG": str(workdir / f"{name or stage}.term"),
+                **(env or {})}
+    return subprocess.run([sys.executable, "-m", "cream_stages", stage, "--request", str(path)],
+                          capture_output=True, text=True, env=full_env, timeout=600)
+
+
+def termination_message(workdir: Path, name: str) -> str:
+    path = workdir / f"{name}.term"
+    return path.read_text() if path.exists() else ""
+
+
+def mtimes(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns
+            for p in sorted(directory.rglob("*")) if p.is_file()}
