@@ -1,7 +1,7 @@
 """Fixtures for tests against the real test cluster (tests/kubeharness).
 
 One cluster per pytest session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
-(Kubernetes v1.36.3) and the local node agent, plus a versitygw S3 server. Everything listens on
+(Kubernetes v1.36.3) and the local node agent, plus a MinIO S3 server. Everything listens on
 free loopback ports and is stopped at session end (and killed by the kernel if pytest dies).
 Missing binaries make these fixtures error, never skip, with the command that builds them
 (``make cluster-tools``). Mark tests that use them ``@pytest.mark.cluster``.
@@ -14,7 +14,7 @@ Session-scoped:
 ``kubeconfig``         Path of the admin kubeconfig (kubectl and the kubernetes client read it).
 ``k8s_api``            kubernetes.client.ApiClient configured for the cluster admin; wrap it:
                        ``client.CoreV1Api(k8s_api)``, ``client.BatchV1Api(k8s_api)``, ...
-``kube_env``           os.environ plus KUBECONFIG and the pinned kubectl first on PATH: pass as
+``kube_env``           os.environ plus KUBECONFIG, the pinned kubectl and helm first on PATH: as
                        ``env=`` to subprocesses (an operator under test, kubectl, helm).
 ``kubectl``            kubectl(*args, input=None, check=True) -> CompletedProcess (text), the
                        pinned kubectl against this cluster.

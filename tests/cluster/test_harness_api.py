@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 
+from kubeharness.binaries import HELM_VERSION, KUBERNETES_VERSION
 from kubeharness.testing import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -76,3 +78,15 @@ def test_status_subresource_and_resource_version_conflicts(widgets, namespace):
     with pytest.raises(client.ApiException) as err:
         widgets.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "w", stale)
     assert err.value.status == 409
+
+
+def test_kube_env_gives_subprocesses_the_pinned_kubectl_and_helm(kube_env, node_agent):
+    nodes = subprocess.run(["kubectl", "get", "nodes", "-o", "name"], env=kube_env,
+                           capture_output=True, text=True, check=True)
+    assert nodes.stdout.strip() == f"node/{node_agent.name}"
+    version = subprocess.run(["kubectl", "version", "-o", "json"], env=kube_env,
+                             capture_output=True, text=True, check=True)
+    assert json.loads(version.stdout)["serverVersion"]["gitVersion"] == KUBERNETES_VERSION
+    helm = subprocess.run(["helm", "version", "--short"], env=kube_env, capture_output=True,
+                          text=True, check=True)
+    assert helm.stdout.startswith(HELM_VERSION)

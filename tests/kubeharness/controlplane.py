@@ -176,7 +176,8 @@ class ControlPlane:
         self.services.clear()
 
     def env(self) -> dict[str, str]:
-        """The environment a client process needs: KUBECONFIG and kubectl on PATH."""
-        kubectl_dir = str(binaries.find("kubectl").parent)
-        return {**os.environ, "KUBECONFIG": str(self.kubeconfig),
-                "PATH": f"{kubectl_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+        """The environment a client process needs: KUBECONFIG, the pinned kubectl and helm first
+        on PATH."""
+        dirs = [str(binaries.find(tool).parent) for tool in ("kubectl", "helm")]
+        path = os.pathsep.join([*dict.fromkeys(dirs), os.environ.get("PATH", "")])
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PATH": path}
