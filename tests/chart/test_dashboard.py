@@ -1,0 +1,175 @@
+"""The Grafana dashboard (charts/cream-operator/dashboards/cream.json): well-formed, and every
+query asks only for metrics and labels the operator exports, in valid PromQL."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import defaultdict
+from itertools import combinations
+
+import pytest
+import yaml
+from chartkit import DASHBOARD
+from promql import label_names, label_values_query, metric_names, substitute
+
+from cream_operator.metrics import Metrics
+from cream_operator.spec import CreamRunStatus, IterationResult
+from kubeharness.prometheus import INSTALL_HINT
+
+# What Grafana puts in for the variables when it sends a query.
+VARIABLES = {"datasource": "prometheus", "namespace": ".*", "run": ".*",
+             "__rate_interval": "1m", "__interval": "15s", "__range": "1h"}
+
+
+def load() -> dict:
+    return json.loads(DASHBOARD.read_text())
+
+
+def panels(dash: dict) -> list[dict]:
+    out = []
+    for panel in dash["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))  # collapsed rows hold their panels
+    return out
+
+
+def queries(dash: dict) -> list[tuple[str, str, str]]:
+    """(where, expr, legendFormat) of every panel target."""
+    return [(f"panel {p['id']} {p['title']!r} target {t['refId']}", t["expr"],
+             t.get("legendFormat", ""))
+            for p in panels(dash) for t in p.get("targets", [])]
+
+
+def variable_selectors(dash: dict) -> list[tuple[str, str, str]]:
+    """(where, selector, label) of every label_values() template variable."""
+    out = []
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            selector, label = label_values_query(query)
+            out.append((f"variable {var['name']}", selector, label))
+    return out
+
+
+def exported() -> tuple[dict[str, set[str]], set[str]]:
+    """Sample name -> label names, and the family names, of the operator's registry, with one
+    observation of each metric so that labelled series exist."""
+    m = Metrics()
+    m.observe_run("ml", "tiny", CreamRunStatus(phase="Running", results=[
+        IterationResult(iteration=1, consistency_rate=0.7, pairs=3, accuracy={"gsm8k": 0.2})]))
+    m.stage_finished("sft", 12.0)
+    m.stage_failed("dpo")
+    m.reconcile.observe(0.01)
+    samples: dict[str, set[str]] = defaultdict(set)
+    families = set()
+    for family in m.registry.collect():
+        families.add(family.name)
+        for sample in family.samples:
+            samples[sample.name] |= set(sample.labels)
+    return dict(samples), families
+
+
+def test_dashboard_is_grafana_json_with_a_datasource_variable():
+    dash = load()
+    assert dash["uid"] == "cream-operator" and dash["title"]
+    assert 36 <= dash["schemaVersion"] <= 41
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    ds = {"type": "prometheus", "uid": "${datasource}"}
+    for panel in panels(dash):
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == ds, panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"] == ds and target["expr"].strip(), panel["title"]
+        if "repeat" in panel:
+            assert panel["repeat"] in variables
+    for name in ("namespace", "run"):
+        assert variables[name]["datasource"] == ds
+    selectors = {where: (sel, label) for where, sel, label in variable_selectors(dash)}
+    assert selectors["variable namespace"] == ("cream_consistency_rate", "namespace")
+    assert selectors["variable run"] == ('cream_consistency_rate{namespace=~"$namespace"}', "run")
+
+
+def test_panels_have_unique_ids_and_do_not_overlap():
+    boxes = []
+    ids = [p["id"] for p in panels(load())]
+    assert len(ids) == len(set(ids))
+    for panel in panels(load()):
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] >= 1 and g["x"] + g["w"] <= 24, panel["title"]
+        boxes.append((panel["title"], g["x"], g["y"], g["x"] + g["w"], g["y"] + g["h"]))
+    for (a, ax0, ay0, ax1, ay1), (b, bx0, by0, bx1, by1) in combinations(boxes, 2):
+        overlap = ax0 < bx1 and bx0 < ax1 and ay0 < by1 and by0 < ay1
+        assert not overlap, f"{a!r} overlaps {b!r}"
+
+
+def test_every_query_uses_only_exported_metrics_and_their_labels():
+    samples, _ = exported()
+    checked = queries(load()) + [(w, sel, "{{" + label + "}}")
+                                 for w, sel, label in variable_selectors(load())]
+    for where, expr, legend in checked:
+        names = metric_names(substitute(expr, VARIABLES))
+        assert names, f"{where}: no metric in {expr!r}"
+        unknown = names - samples.keys()
+        assert not unknown, f"{where}: {sorted(unknown)} not exported by cream_operator.metrics"
+        labels = set().union(*(samples[n] for n in names))
+        used = label_names(substitute(expr, VARIABLES))
+        used |= {part.strip() for part in legend.replace("}}", "{{").split("{{")[1::2]}
+        assert used <= labels, f"{where}: labels {sorted(used - labels)} not on {sorted(names)}"
+
+
+def test_every_exported_metric_is_on_the_dashboard():
+    samples, families = exported()
+    shown = set().union(*(metric_names(substitute(e, VARIABLES)) for _, e, _ in queries(load())))
+    for family in families:
+        assert any(n == family or n.startswith(family + "_") for n in shown), \
+            f"{family} is exported but on no panel"
+
+
+def test_required_panels_are_there():
+    exprs = "\n".join(e for _, e, _ in queries(load()))
+    for needle in ("cream_consistency_rate{", "cream_eval_accuracy{", "cream_dpo_pairs{",
+                   "histogram_quantile(0.5, sum by (le, stage) "
+                   "(cream_stage_duration_seconds_bucket",
+                   "sum by (stage) (cream_stage_duration_seconds_sum) / "
+                   "sum by (stage) (cream_stage_duration_seconds_count)",
+                   "sum by (phase) (cream_runs)", "increase(cream_stage_failures_total[",
+                   "histogram_quantile(0.5, sum by (le) (rate(cream_reconcile_duration_seconds",
+                   "histogram_quantile(0.99, sum by (le) (rate(cream_reconcile_duration_seconds"):
+        assert needle in exprs, needle
+
+
+def promtool() -> str:
+    path = shutil.which("promtool") or "/usr/bin/promtool"
+    if not shutil.which(path):
+        pytest.fail(f"promtool (Prometheus) checks the dashboard's PromQL; install: {INSTALL_HINT}")
+    return path
+
+
+def test_every_query_is_valid_promql(tmp_path):
+    """promtool parses each expression, variables substituted, as a recording rule."""
+    dash = load()
+    rules = [{"record": f"dashboard:query_{i}", "expr": substitute(expr, VARIABLES)}
+             for i, (_, expr, _) in enumerate(queries(dash))]
+    rules += [{"record": f"dashboard:variable_{i}", "expr": substitute(sel, VARIABLES)}
+              for i, (_, sel, _) in enumerate(variable_selectors(dash))]
+    path = tmp_path / "dashboard-rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    proc = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in proc.stdout, proc.stdout
+
+
+def test_name_reader_sees_metrics_not_functions_labels_or_variables():
+    """The reader the tests above rely on."""
+    expr = ('histogram_quantile(0.9, sum by (le, stage) (rate(x_bucket{a=~"$run", b!="y{z}"}'
+            '[$__rate_interval]))) / on (stage) group_left sum without (c) (y_total offset 1h)'
+            ' > bool 1e3')
+    assert metric_names(substitute(expr, VARIABLES)) == {"x_bucket", "y_total"}
+    assert label_names(expr) == {"a", "b", "le", "stage", "c"}
