@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 from tqdm import tqdm
+from transformers import GenerationConfig
 
 from .tokenization import prompt_text
 
@@ -21,19 +22,24 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, sample: bool,
     torch.manual_seed(seed)
     tokenizer.padding_side = "left"
     texts = [prompt_text(tokenizer, p) for p in prompts]
-    device = model.device
-    options = dict(max_new_tokens=max_tokens, pad_token_id=tokenizer.pad_token_id,
-                   num_return_sequences=n)
-    if sample:
-        # top_k=0 switches off the model's own top-k, so temperature/top_p mean what vLLM's do.
-        options.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
-    else:
-        options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    # A fresh generation config: the request alone defines decoding, not the checkpoint's
+    # defaults (a repetition penalty or top-k there would make this path differ from vLLM's).
+    # Only the stop tokens come from the model (Llama-3 stops at two).
+    config = GenerationConfig(
+        max_new_tokens=max_tokens, num_return_sequences=n, do_sample=sample,
+        eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
+        bos_token_id=model.generation_config.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        # Explicit neutral values: generate() fills only unset (None) fields from the model's.
+        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+        temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
+        top_k=0 if sample else None,
+    )
     out: list[list[str]] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
         enc = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
-                        return_tensors="pt").to(device)
-        generated = model.generate(**enc, **options)[:, enc["input_ids"].shape[1]:]
+                        return_tensors="pt").to(model.device)
+        generated = model.generate(**enc, generation_config=config)[
+            :, enc["input_ids"].shape[1]:]
         decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
         out.extend(decoded[i:i + n] for i in range(0, len(decoded), n))
     return out

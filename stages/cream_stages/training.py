@@ -19,6 +19,7 @@ from pathlib import Path
 
 from . import artifacts
 from .contract import TrainParams
+from .errors import StageInputError
 from .models import default_device, torch_dtype
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,9 @@ def train_and_save(model_path: str, tokenizer, examples: Sequence, loss_fn: Loss
     """
     if not examples:
         raise ValueError("no training examples")
+    if train.backend != "deepspeed" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise StageInputError("field 'train.backend': 'transformers' trains in one process; "
+                              "use 'deepspeed' when launched with WORLD_SIZE > 1")
     if train.backend == "deepspeed":
         from .deepspeed_backend import train_and_save as ds_train  # noqa: PLC0415
 
@@ -92,10 +96,16 @@ def _train_and_save_torch(model_path, tokenizer, examples, loss_fn, train: Train
     from .models import fit_threads  # noqa: PLC0415
 
     set_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(train.precision))
-    model.to(default_device())
+    # Mixed precision: float32 master weights (AdamW on bf16 weights loses small updates), the
+    # forward pass autocast to the requested precision, the checkpoint saved in it.
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    device = default_device()
+    model.to(device)
     fit_threads(model)
     model.train()
+    dtype = torch_dtype(train.precision)
+    autocast = torch.autocast(device_type=torch.device(device).type, dtype=dtype,
+                              enabled=dtype != torch.float32)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.learning_rate, weight_decay=0.0)
     total = train.epochs * steps_per_epoch(len(examples), train)
     losses: list[float] = []
@@ -106,7 +116,8 @@ def _train_and_save_torch(model_path, tokenizer, examples, loss_fn, train: Train
                 group = micro[start:start + train.gradient_accumulation]
                 step_loss = 0.0
                 for idx in group:
-                    loss = loss_fn(model, [examples[i] for i in idx])
+                    with autocast:
+                        loss = loss_fn(model, [examples[i] for i in idx])
                     (loss / len(group)).backward()
                     step_loss += loss.item() / len(group)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
@@ -119,7 +130,7 @@ def _train_and_save_torch(model_path, tokenizer, examples, loss_fn, train: Train
                 bar.update(1)
                 bar.set_postfix(loss=f"{step_loss:.4f}")
     model.eval()
-    save_checkpoint(model, tokenizer, output)
+    save_checkpoint(model.to(dtype), tokenizer, output)
     return TrainStats(len(examples), len(losses), losses[0], losses[-1])
 
 
