@@ -174,3 +174,14 @@ def test_dpo_refuses_pairs_scored_with_another_max_length(chain):
     assert proc.returncode == 2
     assert "pairs.jsonl" in proc.stderr and "max_length" in proc.stderr
     assert not (root / "M2-bad" / "manifest.json").exists()
+
+
+def test_dpo_is_deterministic_given_the_seed(chain):
+    root, d, requests = chain
+    stage, req = requests["dpo"]
+    again = root / "M2-again"
+    proc = run_stage(stage, {"stage": stage, **req, "output": str(again)}, root, "dpo-seed")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    weights = "model.safetensors"
+    assert (again / weights).read_bytes() == (d["M2"] / weights).read_bytes()
+    assert _manifest(again)["metrics"] == _manifest(d["M2"])["metrics"]
