@@ -57,17 +57,39 @@ def _materialise(target: Path, fill: Callable[[Path], object]) -> Path:
     return target
 
 
+def validate_model_uri(uri: str) -> None:
+    """Raise StageInputError (naming the URI) if `uri` cannot name a model; builds and downloads
+    nothing (an s3:// URI costs one HEAD request for its manifest)."""
+    if uri.startswith("builtin://"):
+        name = uri.removeprefix("builtin://").strip("/")
+        if name not in BUILTIN_MODELS:
+            known = ", ".join(BUILTIN_MODELS)
+            raise StageInputError(f"{uri}: unknown builtin model (known: {known})")
+    elif uri.startswith("hf://"):
+        if not uri.removeprefix("hf://").strip("/"):
+            raise StageInputError(f"{uri}: expected hf://org/name")
+    elif artifacts.is_s3(uri):
+        if not artifacts.exists(artifacts.join(uri, MANIFEST)):
+            raise StageInputError(
+                f"{uri}: no {MANIFEST} under this prefix: the model is missing or half-written"
+            )
+    else:
+        path = Path(uri)
+        if not path.is_dir():
+            raise StageInputError(f"{uri}: model directory does not exist")
+        if not (path / "config.json").is_file():
+            raise StageInputError(f"{uri}: not a model checkpoint (no config.json)")
+
+
 def resolve_model_uri(uri: str) -> str:
     """What from_pretrained should load for `uri`: a local directory, or a hub id for hf://.
 
     Builds the builtin model and downloads S3 models into the cache on first use; raises
     StageInputError (naming the URI) when there is nothing to load.
     """
+    validate_model_uri(uri)
     if uri.startswith("builtin://"):
         name = uri.removeprefix("builtin://").strip("/")
-        if name not in BUILTIN_MODELS:
-            known = ", ".join(BUILTIN_MODELS)
-            raise StageInputError(f"{uri}: unknown builtin model (known: {known})")
         from . import tiny_model  # noqa: PLC0415
 
         target = cache_dir() / "models" / f"{name}-{tiny_model.recipe_key()}"
@@ -75,26 +97,14 @@ def resolve_model_uri(uri: str) -> str:
             log.info("building %s into %s", uri, target)
         return str(_materialise(target, tiny_model.build))
     if uri.startswith("hf://"):
-        repo_id = uri.removeprefix("hf://").strip("/")
-        if not repo_id:
-            raise StageInputError(f"{uri}: expected hf://org/name")
-        return repo_id
+        return uri.removeprefix("hf://").strip("/")
     if artifacts.is_s3(uri):
-        if not artifacts.exists(artifacts.join(uri, MANIFEST)):
-            raise StageInputError(
-                f"{uri}: no {MANIFEST} under this prefix: the model is missing or half-written"
-            )
         key = hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
         target = cache_dir() / "s3" / key
         if not target.is_dir():
             log.info("downloading %s into %s", uri, target)
         return str(_materialise(target, lambda tmp: artifacts.download_dir(uri, tmp)))
-    path = Path(uri)
-    if not path.is_dir():
-        raise StageInputError(f"{uri}: model directory does not exist")
-    if not (path / "config.json").is_file():
-        raise StageInputError(f"{uri}: not a model checkpoint (no config.json)")
-    return str(path)
+    return uri
 
 
 def torch_dtype(precision: str):

@@ -125,3 +125,18 @@ def test_pairs_need_weights_in_unit_interval(tmp_path):
     del row["ref_chosen_logp"]
     with pytest.raises(StageInputError, match="missing field 'ref_chosen_logp'"):
         data.load_pairs(_file(tmp_path, [row]))
+
+
+def test_model_uris_are_validated_without_building(tmp_path):
+    from cream_stages.models import validate_model_uri
+
+    validate_model_uri("builtin://tiny-llama")
+    validate_model_uri("hf://meta-llama/Meta-Llama-3-8B-Instruct")
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "config.json").write_text("{}")
+    validate_model_uri(str(tmp_path / "ckpt"))
+    for uri, needle in (("builtin://huge", "unknown builtin model"), ("hf://", "hf://org/name"),
+                        (str(tmp_path / "none"), "does not exist"),
+                        (str(tmp_path), "no config.json")):
+        with pytest.raises(StageInputError, match=needle):
+            validate_model_uri(uri)
