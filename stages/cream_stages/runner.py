@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
 import os
 import sys
@@ -55,17 +56,28 @@ def _termination_log_path() -> str | None:
     return None
 
 
-def report_failure(message: str) -> None:
-    """The one-line reason, on stderr and where Kubernetes shows it as the container's message."""
-    line = " ".join(message.split())
-    print(f"error: {line}", file=sys.stderr, flush=True)
+def _write_termination_log(data: bytes) -> None:
     path = _termination_log_path()
     if path:
         try:
             with open(path, "wb") as fh:
-                fh.write(line.encode("utf-8")[:TERMINATION_LOG_LIMIT])
+                fh.write(data[:TERMINATION_LOG_LIMIT])
         except OSError as exc:
             log.warning("could not write the termination message to %s: %s", path, exc)
+
+
+def report_failure(message: str) -> None:
+    """The one-line reason, on stderr and where Kubernetes shows it as the container's message."""
+    line = " ".join(message.split())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    _write_termination_log(line.encode("utf-8"))
+
+
+def report_success(manifest: Manifest) -> None:
+    """The manifest's metrics as the termination message: how the operator learns a stage's
+    results without reading S3. Written on a no-op rerun too, so a retried Job reports again."""
+    body = {"stage": manifest.stage, "metrics": manifest.metrics}
+    _write_termination_log(json.dumps(body, sort_keys=True, separators=(",", ":")).encode())
 
 
 def _validation_message(uri: str, stage: str, exc: ValidationError) -> str:
@@ -103,6 +115,12 @@ def run_stage(stage: str, request_uri: str) -> int:
     manifest_uri = artifacts.join(request.output, MANIFEST)
     if artifacts.exists(manifest_uri):
         print(f"{stage}: already done ({manifest_uri} exists); nothing to do", flush=True)
+        if rank() == 0:
+            try:
+                done = Manifest.model_validate(artifacts.read_json(manifest_uri))
+            except ValidationError as exc:
+                raise artifacts.ArtifactError(f"{manifest_uri}: corrupt manifest: {exc}") from exc
+            report_success(done)
         return 0
     started, t0 = _now(), time.monotonic()
     log.info("%s: request %s -> %s", stage, request_uri, request.output)
@@ -120,6 +138,7 @@ def run_stage(stage: str, request_uri: str) -> int:
             time.monotonic() - t0, 3)},
     )
     artifacts.write_json(manifest_uri, manifest.model_dump(mode="json"))
+    report_success(manifest)
     print(f"{stage}: done -> {manifest_uri}", flush=True)
     return 0
 

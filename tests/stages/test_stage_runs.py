@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from stage_helpers import TINY, mtimes, run_stage
+from stage_helpers import TINY, mtimes, run_stage, termination_message
 
 from cream_stages.logprobs import score_encodings
 from cream_stages.models import load_model
@@ -71,6 +71,9 @@ def _rerun_is_no_op(root, name, stage, request, directory):
     proc = run_stage(stage, {"stage": stage, **request}, root, f"{name}-again")
     assert proc.returncode == 0 and "already done" in proc.stdout
     assert mtimes(directory) == before
+    # A no-op rerun (a retried Job) still reports the stage's metrics to the operator.
+    assert json.loads(termination_message(root, f"{name}-again")) == {
+        "stage": stage, "metrics": _manifest(directory)["metrics"]}
 
 
 def test_sft_writes_a_loadable_checkpoint_and_its_metrics(chain):
@@ -141,6 +144,10 @@ def test_consistency_outputs_and_metrics(chain):
     c_by_id = {r["prompt_id"]: r["c"] for r in per_prompt if r["kept"]}
     assert metrics["consistency_rate"] == pytest.approx(sum(c_by_id.values()) / len(c_by_id))
     assert all(p["weight"] == c_by_id[p["prompt_id"]] for p in pairs)
+    # The operator reads these metrics from the Pod's termination message.
+    root = d["cons"].parent
+    assert json.loads(termination_message(root, "cons")) == {"stage": "consistency",
+                                                              "metrics": metrics}
 
 
 def test_reference_logps_reused_from_score_equal_a_fresh_forward_pass(chain):
