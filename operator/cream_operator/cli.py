@@ -10,28 +10,34 @@ from cream_stages import artifacts
 from . import crd, local, specfile
 
 
+def _load_checked(path: str):
+    """The CreamRun in `path`, or None after printing every problem with its field path."""
+    try:
+        run = specfile.load(path)
+        problems = specfile.input_problems(run)
+    except specfile.SpecError as exc:
+        problems = exc.problems
+    if not problems:
+        return run
+    print(f"{path}: {len(problems)} problem(s)", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+    return None
+
+
 def _validate(args) -> int:
     failed = False
     for path in args.files:
-        try:
-            specfile.load(path)
-        except specfile.SpecError as exc:
+        if _load_checked(path) is None:
             failed = True
-            print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-            for problem in exc.problems:
-                print(f"  {problem}", file=sys.stderr)
         else:
             print(f"{path}: valid")
     return 1 if failed else 0
 
 
 def _run(args) -> int:
-    try:
-        run = specfile.load(args.file)
-    except specfile.SpecError as exc:
-        print(f"{exc.source}: {len(exc.problems)} problem(s)", file=sys.stderr)
-        for problem in exc.problems:
-            print(f"  {problem}", file=sys.stderr)
+    run = _load_checked(args.file)
+    if run is None:
         return 2
     root = local.run_root(run, args.out)
     print(f"cream run {run.metadata['name']}: artifacts in {root}", flush=True)

@@ -21,7 +21,7 @@ from . import jobs, observe
 from .config import OperatorConfig
 from .metrics import Metrics
 from .reconcile import Decision, decide
-from .spec import GROUP, KIND, PLURAL, VERSION
+from .spec import GROUP, KIND, PLURAL, VERSION, CreamRunSpec
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +167,28 @@ class Controller:
                 return None
             finally:
                 self.metrics.reconcile.observe(time.monotonic() - started)
+
+    def cleanup(self, namespace: str, name: str) -> str:
+        """Delete a deleted run's artifacts through a Job; 'done', 'failed: ...' or 'running'."""
+        run = self._get_run(namespace, name)  # still there: kopf's finalizer holds it
+        if run is None:
+            return "done"
+        meta = run["metadata"]
+        root = (run.get("status") or {}).get("artifacts")
+        if not root:
+            return "done"  # it never got to write anything
+        spec = CreamRunSpec.model_validate(run["spec"])
+        manifest = jobs.cleanup_job_manifest(run, spec, root, self.config)
+        self._ignore_conflict(
+            lambda: self.batch.create_namespaced_job(meta["namespace"], manifest))
+        job = self.api.sanitize_for_serialization(self.batch.read_namespaced_job(
+            manifest["metadata"]["name"], meta["namespace"]))
+        state = observe.job_state(job)
+        if state == "succeeded":
+            return "done"
+        if state == "failed":
+            return f"failed: the Job {manifest['metadata']['name']} could not delete {root}"
+        return "running"
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_run(namespace, name)

@@ -84,10 +84,11 @@ def _structural(node: Any, defs: dict) -> Any:
     if out.get("default", 0) is None:
         del out["default"]
     if out.get("type") == "object" and "properties" in out:
-        # Nested objects default to {} so the API server fills in their own defaults.
+        # Optional nested objects default to {} so the API server fills in their own defaults
+        # (an object with required fields has none to give).
         for prop in out["properties"].values():
             if prop.get("type") == "object" and "properties" in prop and "default" not in prop \
-                    and not prop.get("nullable"):
+                    and not prop.get("nullable") and not prop.get("required"):
                 prop["default"] = {}
     return out
 

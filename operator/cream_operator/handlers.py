@@ -49,6 +49,21 @@ def job_event(namespace: str, labels: dict, **_) -> None:
         _controller().reconcile(namespace, run)
 
 
+def _deletes_artifacts(spec, **_) -> bool:
+    return spec.get("cleanupPolicy") == "Delete"
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
+def delete_artifacts(body, namespace: str, name: str, **_) -> None:
+    """cleanupPolicy: Delete. kopf holds a finalizer until this returns."""
+    outcome = _controller().cleanup(namespace, name)
+    if outcome == "running":
+        raise kopf.TemporaryError("waiting for the cleanup Job", delay=5)
+    if outcome != "done":
+        # Never block a deletion forever on storage: say so, and let the object go.
+        kopf.warn(body, reason="CleanupFailed", message=f"artifacts kept: {outcome}")
+
+
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
 def resync(namespace: str, name: str, **_) -> None:
     """A safety net for a missed watch event; cheap, one GET and one LIST."""

@@ -237,3 +237,45 @@ def headless_service(run: dict, step: Step, job: dict) -> dict | None:
             "publishNotReadyAddresses": True,
         },
     }
+
+
+def cleanup_job_manifest(run: dict, spec: CreamRunSpec, root: str, config: OperatorConfig) -> dict:
+    """The Job that deletes a run's artifacts when the run is deleted (cleanupPolicy: Delete).
+
+    No ownerReference: the run is on its way out, and the Job must outlive it; a TTL removes it.
+    """
+    meta = run["metadata"]
+    name = f"{re.sub(r'-+$', '', meta['name'][:40])}-{meta['uid'][:5]}-cleanup"
+    secret = spec.storage.secret_name or config.s3_secret
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": name,
+            "namespace": meta["namespace"],
+            "labels": {"app.kubernetes.io/managed-by": MANAGED_BY,
+                       "app.kubernetes.io/name": "cream-cleanup",
+                       LABEL_RUN: meta["name"], LABEL_RUN_UID: meta["uid"]},
+        },
+        "spec": {
+            "backoffLimit": 3,
+            "ttlSecondsAfterFinished": 600,
+            "template": {"spec": {
+                "restartPolicy": "Never",
+                "containers": [{
+                    "name": "cleanup",
+                    "image": spec.scheduling.image or config.stage_image,
+                    "imagePullPolicy": config.image_pull_policy,
+                    "command": [config.python, "-m", "cream_stages.cleanup", root],
+                    "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
+                    "env": [{"name": "HOME", "value": "/tmp"},
+                            *({"name": k, "value": v}
+                              for k, v in sorted(config.extra_env.items()))],
+                    "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+                    "securityContext": {"allowPrivilegeEscalation": False},
+                }],
+                **({"serviceAccountName": spec.scheduling.service_account_name}
+                   if spec.scheduling.service_account_name else {}),
+            }},
+        },
+    }

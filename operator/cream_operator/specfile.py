@@ -67,3 +67,35 @@ def load(path: str | Path) -> CreamRun:
         raise SpecError(source, [f"expected exactly one document of kind CreamRun, found "
                                  f"{len(runs)}"])
     return parse(runs[0], source)
+
+
+def input_problems(run: CreamRun) -> list[str]:
+    """Inputs that cannot be read from here: local paths and builtin:// URIs that do not exist.
+
+    S3 and hub URIs are left to the stages (checking them needs credentials and a network)."""
+    from cream_stages.data import resolve_data_uri  # noqa: PLC0415
+    from cream_stages.errors import StageInputError  # noqa: PLC0415
+    from cream_stages.models import validate_model_uri  # noqa: PLC0415
+
+    spec = run.spec
+    models = {"spec.model.base": spec.model.base, "spec.model.sft": spec.model.sft}
+    data = {"spec.data.sft": spec.data.sft}
+    data.update({f"spec.data.prompts[{i}]": uri for i, uri in enumerate(spec.data.prompts)})
+    data.update({f"spec.evaluation.tasks[{i}].uri": t.uri
+                 for i, t in enumerate(spec.evaluation.tasks)})
+    problems = []
+    for field, uri in models.items():
+        if uri and not uri.startswith(("s3://", "hf://")):
+            try:
+                validate_model_uri(uri)
+            except StageInputError as exc:
+                problems.append(f"{field}: {exc}")
+    for field, uri in data.items():
+        if not uri or uri.startswith("s3://"):
+            continue
+        try:
+            if not Path(resolve_data_uri(uri)).is_file():
+                problems.append(f"{field}: {uri}: no such file")
+        except StageInputError as exc:
+            problems.append(f"{field}: {exc}")
+    return problems

@@ -251,9 +251,10 @@ def _stage_pids(step: str, run: str) -> list[int]:
 
 
 def test_a_crashed_stage_is_retried_then_suspend_and_delete(
-        k8s_api, kubectl, namespace, operator, wait_until):
+        k8s_api, kubectl, namespace, operator, s3, bucket, wait_until):
     doc = _tiny(iterations=1, model={**_tiny()["spec"]["model"], "sft": "builtin://tiny-llama"},
-                evaluation={"tasks": [], "baseline": False}, suspend=True)
+                evaluation={"tasks": [], "baseline": False}, suspend=True,
+                cleanupPolicy="Delete")
     doc["metadata"]["name"] = "crash"
     _apply(kubectl, namespace, doc)
 
@@ -286,9 +287,27 @@ def test_a_crashed_stage_is_retried_then_suspend_and_delete(
     time.sleep(5)
     assert len(_jobs(k8s_api, namespace)) == count
 
-    # Delete: Jobs and metric series go.
+    # Delete: with cleanupPolicy Delete the artifacts go too, then the run, its Jobs and series.
+    root = _status(k8s_api, namespace, "crash")["artifacts"].removeprefix(f"s3://{bucket}/")
+
+    def objects():
+        return s3.client().list_objects_v2(Bucket=bucket, Prefix=root).get("KeyCount", 0)
+
+    assert objects() > 0
     _custom(k8s_api).delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "crash")
-    wait_until(lambda: not _jobs(k8s_api, namespace), 120, "the run's Jobs to be deleted")
+    wait_until(lambda: objects() == 0, 180, "the run's artifacts to be deleted")
+
+    def run_gone():
+        try:
+            _get(k8s_api, namespace, "crash")
+        except client.ApiException as exc:
+            return exc.status == 404
+        return False
+
+    wait_until(run_gone, 120, "the CreamRun to go once its artifacts are gone")
+    wait_until(lambda: not [j for j in _jobs(k8s_api, namespace)
+                            if j.metadata.labels.get("app.kubernetes.io/name") == "cream-stage"],
+               120, "the run's Jobs to be deleted")
     wait_until(lambda: 'run="crash"' not in operator.metrics_text()
                and _metric(operator.metrics_text(), "cream_runs", phase="Suspended") == 0,
                60, "the run's metric series to go")

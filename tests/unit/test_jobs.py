@@ -137,3 +137,14 @@ def test_bad_input_fails_the_job_at_once_and_crashes_are_retried():
     assert {"action": "FailJob", "onExitCodes": {"containerName": "stage", "operator": "In",
                                                    "values": [2]}} in rules
     assert job["spec"]["backoffLimit"] == 2  # the spec's default, for everything else
+
+
+def test_cleanup_job_deletes_the_run_root_and_outlives_the_run():
+    spec, _ = _steps(TINY)
+    job = jobs.cleanup_job_manifest(RUN, spec, "s3://b/runs/ml/tiny/0b1e-uid", CONFIG)
+    assert "ownerReferences" not in job["metadata"]
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "cream_stages.cleanup",
+                                    "s3://b/runs/ml/tiny/0b1e-uid"]
+    assert container["envFrom"] == [{"secretRef": {"name": "cream-s3", "optional": True}}]

@@ -88,3 +88,19 @@ def test_unreadable_and_non_creamrun_files(tmp_path):
     other.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     with pytest.raises(specfile.SpecError, match="exactly one document of kind CreamRun"):
         specfile.load(other)
+
+
+def test_validate_names_inputs_that_do_not_exist(tmp_path, capsys):
+    doc = copy.deepcopy(TINY)
+    doc["spec"]["model"]["base"] = str(tmp_path / "no-model")
+    doc["spec"]["data"]["prompts"][1] = "builtin://data/nope.jsonl"
+    doc["spec"]["evaluation"]["tasks"][0]["uri"] = str(tmp_path / "arc.jsonl")
+    doc["spec"]["data"]["sft"] = "s3://bucket/not-checked-offline.jsonl"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(doc))
+    assert main(["validate", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert "3 problem(s)" in err
+    assert "spec.model.base:" in err and "model directory does not exist" in err
+    assert "spec.data.prompts[1]: builtin://data/nope.jsonl: no such builtin data file" in err
+    assert f"spec.evaluation.tasks[0].uri: {tmp_path / 'arc.jsonl'}: no such file" in err
