@@ -65,6 +65,7 @@ class ControlPlane:
     tie_to_parent: bool = True
     pki: PKI | None = None
     api_port: int = 0
+    etcd_url: str = ""
     services: list[Service] = field(default_factory=list)
 
     @property
@@ -97,7 +98,7 @@ class ControlPlane:
         self.pki = pki = make_pki(self.state / "pki")
 
         etcd_port, peer_port = free_port(), free_port()
-        etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self.etcd_url = etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
         etcd = self._service("etcd", [
             bins["etcd"], "--name=default", f"--data-dir={self.state / 'etcd'}",

@@ -602,26 +602,33 @@ class NodeAgent:
                 self.runs.pop(uid).request_delete(0)
         return resp["metadata"]["resourceVersion"]
 
+    def watch_from(self, rv: str) -> bool:
+        """Follow this node's Pod events from rv until the server ends the watch.
+
+        Returns False when rv has expired (410 Gone, after etcd compaction or a long disconnect):
+        the caller must re-list, since events were missed."""
+        w = watch.Watch()
+        try:
+            for ev in w.stream(self.core.list_pod_for_all_namespaces,
+                               field_selector=f"spec.nodeName={self.node}",
+                               resource_version=rv, timeout_seconds=RELIST_EVERY,
+                               allow_watch_bookmarks=True):
+                if self.stopping.is_set():
+                    break
+                if ev["type"] != "BOOKMARK":
+                    self._observe(ev["type"], ev["raw_object"])
+        except ApiException as e:
+            if e.status == 410:
+                return False
+            raise
+        return True
+
     def watch_pods(self) -> None:
+        # a re-list after every watch, expired or not, doubles as the periodic resync
         while not self.stopping.is_set():
             try:
-                rv = self._relist()
-                w = watch.Watch()
-                for ev in w.stream(self.core.list_pod_for_all_namespaces,
-                                   field_selector=f"spec.nodeName={self.node}",
-                                   resource_version=rv, timeout_seconds=RELIST_EVERY,
-                                   allow_watch_bookmarks=True):
-                    if self.stopping.is_set():
-                        break
-                    kind, obj = ev["type"], ev["raw_object"]
-                    if kind == "ERROR":
-                        break  # e.g. 410 Gone: the resourceVersion expired; re-list
-                    if kind != "BOOKMARK":
-                        self._observe(kind, obj)
-            except ApiException as e:
-                if e.status != 410:
-                    log.warning("pod watch: %s", e)
-                    self.stopping.wait(1.0)
+                if not self.watch_from(self._relist()):
+                    log.info("pod watch expired (410 Gone); re-listing")
             except Exception as e:  # connection reset, API server restart: re-list
                 log.warning("pod watch: %r", e)
                 self.stopping.wait(1.0)
