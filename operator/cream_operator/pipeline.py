@@ -111,7 +111,7 @@ def plan(spec: CreamRunSpec, root: str) -> list[Step]:
             key=sample_key, iteration=t, stage="sample", model_index=t,
             request=c.SampleRequest(
                 output=sample_dir, seed=seed, model=model_uri(spec, root, t),
-                prompts=prompt_set(spec, t), n=spec.sampling.n,
+                prompts=prompt_set(spec, t), n=spec.sampling.responses_per_prompt,
                 temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
                 max_tokens=spec.sampling.max_tokens, max_prompts=spec.data.max_prompts,
                 batch_size=spec.sampling.batch_size, backend=spec.sampling.backend,

@@ -76,7 +76,9 @@ class DataSpec(_Model):
 
 
 class SamplingSpec(_Model):
-    n: int = Field(default=5, ge=2, le=64, description="Responses per prompt")
+    # Not `n`: Kubernetes reads YAML 1.1, where a key `n` is the boolean false.
+    responses_per_prompt: int = Field(
+        default=5, ge=2, le=64, description="N, the answers sampled per prompt")
     temperature: float = Field(default=0.8, gt=0, le=5)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=768, ge=1, le=32768)

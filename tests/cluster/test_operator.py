@@ -117,8 +117,12 @@ def test_tiny_run_succeeds_through_an_operator_restart(
 
     # Kill the operator while iteration 1's sample stage runs, let that Job finish without it,
     # then start it again: it must pick up from the status and the finished Job.
-    wait_until(lambda: _status(k8s_api, namespace, "tiny").get("stage") == "sample",
-               RUN_TIMEOUT, "iteration 1's sample stage to start", interval=0.5)
+    def sampling():
+        status = _status(k8s_api, namespace, "tiny")
+        assert status.get("phase") != "Failed", json.dumps(status, indent=1)
+        return status.get("stage") == "sample"
+
+    wait_until(sampling, RUN_TIMEOUT, "iteration 1's sample stage to start", interval=0.5)
     operator.kill()
     wait_until(lambda: any(j.status.succeeded and j.metadata.annotations.get(
         f"{GROUP}/step") == "iter-1/sample" for j in _jobs(k8s_api, namespace)),
@@ -315,11 +319,12 @@ def test_a_crashed_stage_is_retried_then_suspend_and_delete(
 
 def test_the_api_server_rejects_a_creamrun_that_cannot_work(crd, kubectl, namespace):
     doc = _tiny()
-    doc["spec"]["sampling"]["n"] = 1
+    doc["spec"]["sampling"]["responsesPerPrompt"] = 1
     doc["spec"]["consistency"]["strategy"] = "median"
     proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
     assert proc.returncode != 0
-    assert "spec.sampling.n" in proc.stderr and "spec.consistency.strategy" in proc.stderr
+    assert "spec.sampling.responsesPerPrompt" in proc.stderr
+    assert "spec.consistency.strategy" in proc.stderr
 
     doc = _tiny()
     del doc["spec"]["data"]["sft"]

@@ -42,8 +42,8 @@ def test_schema_has_defaults_enums_and_bounds():
     spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     sampling = spec["properties"]["sampling"]
     assert sampling["default"] == {}
-    assert sampling["properties"]["n"]["default"] == 5
-    assert sampling["properties"]["n"]["minimum"] == 2
+    assert sampling["properties"]["responsesPerPrompt"]["default"] == 5
+    assert sampling["properties"]["responsesPerPrompt"]["minimum"] == 2
     assert sampling["properties"]["topP"]["maximum"] == 1
     assert spec["properties"]["consistency"]["properties"]["strategy"]["enum"] == \
         ["avg", "dynamic", "none"]
@@ -79,3 +79,14 @@ def test_examples_satisfy_the_crd_schema(example):
     schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
     doc = yaml.safe_load((ROOT / "examples" / example).read_text())
     jsonschema.validate(doc["spec"], _as_jsonschema(schema))
+
+
+YAML11_BOOLEANS = {"y", "Y", "yes", "Yes", "YES", "n", "N", "no", "No", "NO", "on", "On", "ON",
+                   "off", "Off", "OFF", "true", "True", "TRUE", "false", "False", "FALSE"}
+
+
+def test_no_field_name_is_a_yaml_1_1_boolean():
+    """kubectl reads YAML 1.1: a field named `n` or `on` would arrive as the key "false"/"true"."""
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    names = {path.rsplit(".", 1)[-1] for path, _ in _walk(schema)}
+    assert not names & YAML11_BOOLEANS, names & YAML11_BOOLEANS

@@ -177,11 +177,11 @@ def test_conditions_keep_their_transition_time():
 
 def test_invalid_spec_and_missing_storage_fail_with_a_reason():
     run = _run()
-    run["spec"]["sampling"]["n"] = 1
+    run["spec"]["sampling"]["responsesPerPrompt"] = 1
     d = decide(run, [], NOW, CONFIG)
     assert d.status.phase == "Failed" and d.create == []
     failed = {c.type: c for c in d.status.conditions}["Failed"]
-    assert failed.reason == "InvalidSpec" and "sampling.n" in failed.message
+    assert failed.reason == "InvalidSpec" and "sampling.responsesPerPrompt" in failed.message
 
     d = decide(_run(), [], NOW, OperatorConfig(storage_uri=""))
     failed = {c.type: c for c in d.status.conditions}["Failed"]

@@ -24,7 +24,7 @@ def test_defaults_are_the_papers():
            "spec": {"model": {"base": "hf://a/b"}, "data": {"sft": "s3://b/sft.jsonl",
                                                               "prompts": ["s3://b/p.jsonl"]}}}
     spec = specfile.parse(doc).spec
-    assert (spec.sampling.n, spec.sampling.temperature, spec.sampling.top_p,
+    assert (spec.sampling.responses_per_prompt, spec.sampling.temperature, spec.sampling.top_p,
             spec.sampling.max_tokens) == (5, 0.8, 0.95, 768)
     assert (spec.sft.epochs, spec.sft.learning_rate, spec.sft.batch_size) == (5, 5e-6, 4)
     assert (spec.dpo.epochs, spec.dpo.learning_rate, spec.dpo.batch_size, spec.dpo.beta) == \
@@ -69,14 +69,14 @@ def test_cross_field_rules_name_the_fix():
 
 def test_cream_validate_exits_nonzero_and_lists_problems(tmp_path, capsys):
     doc = copy.deepcopy(TINY)
-    doc["spec"]["sampling"]["n"] = 1
+    doc["spec"]["sampling"]["responsesPerPrompt"] = 1
     doc["spec"]["iterations"] = 0
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(doc))
     assert main(["validate", str(bad)]) == 1
     err = capsys.readouterr().err
     assert "2 problem(s)" in err
-    assert "spec.sampling.n:" in err and "spec.iterations:" in err
+    assert "spec.sampling.responsesPerPrompt:" in err and "spec.iterations:" in err
 
     assert main(["validate", str(ROOT / "examples/tiny.yaml")]) == 0
 
