@@ -158,6 +158,8 @@ class ContainerRun:
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=pr.dir, start_new_session=True, preexec_fn=_die_with_parent,
             )
+        if pr.deleting.is_set():  # deleted while we were starting it: the kill missed it
+            self.kill(pr.grace)
         self.state = {"running": {"startedAt": started}}
         pr.push_status()
         rc = self.proc.wait()
@@ -454,6 +456,7 @@ class NodeAgent:
                          "ephemeral-storage": "100Gi", "nvidia.com/gpu": str(gpus)}
         self.allocatable = dict(self.capacity)
         self.runs: dict[str, PodRun] = {}
+        self.registered_at = now()  # the conditions never change, so they never transition
         self.stopping = threading.Event()
         server = urlparse(api.configuration.host)
         self.api_host, self.api_port = server.hostname or "127.0.0.1", server.port or 443
@@ -486,7 +489,7 @@ class NodeAgent:
 
         def cond(t: str, s: str, reason: str, msg: str) -> dict:
             return {"type": t, "status": s, "reason": reason, "message": msg,
-                    "lastHeartbeatTime": ts, "lastTransitionTime": ts}
+                    "lastHeartbeatTime": ts, "lastTransitionTime": self.registered_at}
 
         return {
             "capacity": self.capacity,
