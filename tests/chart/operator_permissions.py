@@ -25,17 +25,20 @@ IN_RUN_NAMESPACES: list[Permission] = [
         "get": "controller.Controller._get_run: get_namespaced_custom_object, fresh each reconcile",
         "list": "kopf's watch behind handlers.run_event and handlers.resync (a list, then a watch)",
         "watch": "kopf's watch behind handlers.run_event and handlers.resync",
-        "patch": "kopf: the finalizer its timer handlers.resync needs, and its progress "
-                 "annotations (handlers.configure: AnnotationsProgressStorage)",
+        "patch": "kopf: the finalizer of its timer handlers.resync and of "
+                 "handlers.delete_artifacts, and its progress annotations "
+                 "(handlers.configure: AnnotationsProgressStorage)",
     }),
     *_each("cream.dev", "creamruns/status", {
         "patch": "controller.Controller._patch_status: patch_namespaced_custom_object_status",
     }),
     *_each("batch", "jobs", {
+        "get": "controller.Controller.cleanup: read_namespaced_job (the cleanup Job of a deleted "
+               "run with cleanupPolicy Delete, handlers.delete_artifacts)",
         "list": "controller.Controller._observe_jobs: list_namespaced_job; kopf's watch behind "
                 "handlers.job_event",
         "watch": "kopf's watch behind handlers.job_event",
-        "create": "controller.Controller._create: create_namespaced_job",
+        "create": "controller.Controller._create and .cleanup: create_namespaced_job",
         "delete": "controller.Controller._delete: delete_namespaced_job (a retried stage)",
     }),
     *_each("", "pods", {
@@ -47,7 +50,7 @@ IN_RUN_NAMESPACES: list[Permission] = [
     }),
     *_each("", "events", {
         "create": "controller.Controller._event: create_namespaced_event; kopf posts its own "
-                  "(settings.posting) as core v1 Events",
+                  "(settings.posting, kopf.warn in handlers.delete_artifacts) as core v1 Events",
     }),
 ]
 
