@@ -72,3 +72,19 @@ def operator_container(docs: Iterable[dict]) -> dict:
 def env_of(container: dict) -> dict[str, str]:
     """Plain-value environment of a container (valueFrom entries are left out)."""
     return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def load_dashboard_queries() -> list[tuple[str, str]]:
+    """(where, expr) of every query of the dashboard: panel targets and label_values() variables."""
+    dash = json.loads(DASHBOARD.read_text())
+    out = []
+    for panel in dash["panels"]:
+        for p in [panel, *panel.get("panels", [])]:
+            for t in p.get("targets", []):
+                out.append((f"panel {p['title']!r} target {t['refId']}", t["expr"]))
+    for var in dash["templating"]["list"]:
+        if var["type"] == "query":
+            query = var["query"]["query"] if isinstance(var["query"], dict) else var["query"]
+            selector = query.strip().removeprefix("label_values(").rsplit(",", 1)[0]
+            out.append((f"variable {var['name']}", selector))
+    return out
