@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from cream_stages.contract import STAGES
+
 from .spec import CreamRunStatus
 
 PHASES = ("Pending", "Running", "Succeeded", "Failed", "Suspended")
@@ -38,6 +40,11 @@ class Metrics:
         self.reconcile = Histogram(
             "cream_reconcile_duration_seconds", "Time of one reconcile of a CreamRun",
             registry=r)
+        # Labelled series exist from their first sample on: create every stage's now, so that
+        # increase() sees a stage's first failure and the dashboards show zeros, not gaps.
+        for stage in STAGES:
+            self.failures.labels(stage)
+            self.stage_duration.labels(stage)
         self._series: dict[tuple[str, str], set[tuple[Gauge, tuple[str, ...]]]] = {}
         self._phases: dict[tuple[str, str], str] = {}
         self._count_phases()

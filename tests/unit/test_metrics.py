@@ -51,3 +51,10 @@ def test_stage_durations_failures_and_reconciles():
     assert _value(m, "cream_stage_duration_seconds_sum", stage="dpo") == 42.0
     assert _value(m, "cream_stage_failures_total", stage="score") == 1
     assert _value(m, "cream_reconcile_duration_seconds_count") == 1
+
+
+def test_every_stage_has_its_failure_and_duration_series_from_the_start():
+    m = Metrics()
+    for stage in ("sft", "sample", "score", "consistency", "dpo", "evaluate"):
+        assert _value(m, "cream_stage_failures_total", stage=stage) == 0
+        assert _value(m, "cream_stage_duration_seconds_count", stage=stage) == 0
