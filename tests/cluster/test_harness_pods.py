@@ -162,3 +162,22 @@ def test_service_account_token_gives_in_cluster_access(k8s_api, namespace):
 
     pod = wait_pod_phase(k8s_api, namespace, "incluster", ("Succeeded", "Failed"))
     assert terminated(pod)["message"] == f"system:serviceaccount:{namespace}:runner"
+
+
+def test_a_volume_over_tmp_hides_neither_other_volumes_nor_the_host(k8s_api, namespace):
+    # the agent's state (the volumes' sources) lives under /tmp in pytest: mounting an emptyDir
+    # at /tmp must not hide the configMap mounted below it
+    client.CoreV1Api(k8s_api).create_namespaced_config_map(namespace, {
+        "metadata": {"name": "conf"}, "data": {"k": "v"}})
+    code = ("import os; open('/tmp/scratch', 'w').write('x'); "
+            "open('/dev/termination-log', 'w').write(open('/tmp/conf/k').read() + "
+            "','.join(sorted(os.listdir('/tmp'))))")
+    pod = pod_manifest("tmpmount", [PY, "-c", code], volumes=[
+        {"name": "tmp", "emptyDir": {}}, {"name": "conf", "configMap": {"name": "conf"}}])
+    pod["spec"]["containers"][0]["volumeMounts"] = [
+        {"name": "conf", "mountPath": "/tmp/conf"}, {"name": "tmp", "mountPath": "/tmp"}]
+    _create(k8s_api, namespace, pod)
+
+    pod = wait_pod_phase(k8s_api, namespace, "tmpmount", ("Succeeded", "Failed"))
+    assert terminated(pod)["message"] == "vconf,scratch"
+    assert not os.path.exists("/tmp/scratch")  # written to the Pod's emptyDir, not the host

@@ -27,7 +27,6 @@ import datetime
 import json
 import logging
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -55,6 +54,7 @@ RELIST_EVERY = 50  # seconds a watch runs before a full re-list (also the resync
 BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # container restarts (the kubelet's are 10s..5min)
 MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet
 FALLBACK_LINES = 80
+LAUNCHER = str(Path(__file__).with_name("launch.py"))
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
@@ -135,8 +135,10 @@ class ContainerRun:
         except podspec.Unsupported as e:
             self.terminate("StartError", 128, str(e), now())
             return 128
-        workdir = self.spec.get("workingDir") or str(pr.dir / "work" / self.name)
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        workdir = self.spec.get("workingDir")
+        host_workdir = pr.dir / "work" / self.name
+        if not workdir:
+            host_workdir.mkdir(parents=True, exist_ok=True)
         # A bare command name must be found on the container's PATH; say so like a runtime does.
         if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
             msg = (f'failed to start container "{self.name}": exec: "{argv[0]}": executable file '
@@ -149,12 +151,15 @@ class ContainerRun:
         self.message_path.write_bytes(b"")
         msg_target = self.spec.get("terminationMessagePath") or "/dev/termination-log"
         all_mounts = [*mounts, podspec.Mount(self.message_path, msg_target, False, True)]
-        script = _launch_script(all_mounts, workdir)
+        spec = json.dumps({"mounts": [[str(m.source), m.target, m.read_only, m.is_file]
+                                      for m in all_mounts],
+                           "workdir": workdir or str(host_workdir),
+                           "host_workdir": not workdir, "argv": argv})
         started = now()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                 *argv],
+                ["unshare", "--mount", "--propagation", "private",
+                 sys.executable, "-I", "-S", LAUNCHER, spec],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=pr.dir, start_new_session=True, preexec_fn=_die_with_parent,
             )
@@ -182,25 +187,6 @@ class ContainerRun:
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _launch_script(mounts: list[podspec.Mount], workdir: str) -> str:
-    """Shell run inside the new mount namespace: bind every mount, cd, exec the command."""
-    q = shlex.quote
-    lines = ["set -e"]
-    for m in mounts:
-        t = q(m.target)
-        if m.is_file:
-            lines.append(f"mkdir -p {q(os.path.dirname(m.target) or '/')}; "
-                         f"[ -e {t} ] || : > {t}")
-        else:
-            lines.append(f"mkdir -p {t}")
-        lines.append(f"mount --bind {q(str(m.source))} {t}")
-        if m.read_only:
-            lines.append(f"mount -o remount,bind,ro {t}")
-    lines.append(f"cd {q(workdir)}")
-    lines.append('exec "$@"')
-    return "\n".join(lines)
 
 
 class PodRun(threading.Thread):
