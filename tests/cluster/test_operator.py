@@ -120,9 +120,10 @@ def test_tiny_run_succeeds_through_an_operator_restart(
     def sampling():
         status = _status(k8s_api, namespace, "tiny")
         assert status.get("phase") != "Failed", json.dumps(status, indent=1)
-        return status.get("stage") == "sample"
+        return any(j.status.active and j.metadata.annotations.get(f"{GROUP}/step")
+                   == "iter-1/sample" for j in _jobs(k8s_api, namespace))
 
-    wait_until(sampling, RUN_TIMEOUT, "iteration 1's sample stage to start", interval=0.5)
+    wait_until(sampling, RUN_TIMEOUT, "iteration 1's sample stage to start", interval=0.2)
     operator.kill()
     wait_until(lambda: any(j.status.succeeded and j.metadata.annotations.get(
         f"{GROUP}/step") == "iter-1/sample" for j in _jobs(k8s_api, namespace)),
