@@ -25,7 +25,7 @@ except OSError:  # not Linux/glibc: no parent-death signal, pid files still work
     _libc = None
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     if _libc is not None:
         _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -81,7 +81,7 @@ class Service:
             self.popen = subprocess.Popen(
                 self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.env, cwd=self.cwd, start_new_session=True,
-                preexec_fn=_die_with_parent if self.tie_to_parent else None,
+                preexec_fn=die_with_parent if self.tie_to_parent else None,
             )
         self.pidfile.write_text(str(self.popen.pid))
         return self
