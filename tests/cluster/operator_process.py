@@ -18,7 +18,7 @@ from pathlib import Path
 
 from kubernetes import client, watch
 
-from kubeharness.process import _die_with_parent, free_port
+from kubeharness.process import die_with_parent, free_port
 
 
 class OperatorProcess:
@@ -39,7 +39,7 @@ class OperatorProcess:
              "--metrics-port", str(self.metrics_port),
              "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent,  # never outlive a pytest that was killed
+            preexec_fn=die_with_parent,  # never outlive a pytest that was killed
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
