@@ -1,4 +1,5 @@
-"""Fixtures for tests against the real test cluster (tests/kubeharness).
+"""pytest fixtures for tests against the real test cluster, shared by tests/cluster and tests/chart
+(tests/conftest.py imports them, so one pytest session starts one cluster).
 
 One cluster per pytest session: etcd, kube-apiserver, kube-controller-manager, kube-scheduler
 (Kubernetes v1.36.3) and the local node agent, plus a MinIO S3 server. Everything listens on
