@@ -25,8 +25,9 @@ from cream_stages.logprobs import score_encodings  # noqa: E402
 from cream_stages.models import load_model  # noqa: E402
 from cream_stages.tokenization import encode_pair  # noqa: E402
 
-WORDS = ("the model answers every question by thinking step by step and then it writes the "
-         "final answer after the word answer so that a reader can check it").split()
+TEXT = ("the model answers every question by thinking step by step and then it writes the "
+        "final answer after the word answer so that a reader can check it")
+WORDS = TEXT.split()
 
 
 def _pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
