@@ -122,6 +122,17 @@ def resource_requirements(spec: CreamRunSpec, stage: str, gpus: int) -> dict:
     return out
 
 
+def _base_env(config: OperatorConfig) -> list[dict]:
+    """Environment of every Pod the operator makes, after its own variables."""
+    return [
+        # The image's root filesystem is read-only: caches go to the writable /tmp.
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
+        {"name": "HF_HOME", "value": "/tmp/cache/huggingface"},
+        *({"name": k, "value": v} for k, v in sorted(config.extra_env.items())),
+    ]
+
+
 def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConfig) -> dict:
     name = job_name(run["metadata"]["name"], run["metadata"]["uid"], step)
     gpus = gpus_for(spec, step.stage, config)
@@ -134,11 +145,7 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
         {"name": "CREAM_TERMINATION_LOG", "value": TERMINATION_LOG},
         {"name": "CREAM_STEP", "value": step.key},
         {"name": "CREAM_RUN", "value": f"{run['metadata']['namespace']}/{run['metadata']['name']}"},
-        # The image's root filesystem is read-only: caches go to the writable /tmp.
-        {"name": "HOME", "value": "/tmp"},
-        {"name": "XDG_CACHE_HOME", "value": "/tmp/cache"},
-        {"name": "HF_HOME", "value": "/tmp/cache/huggingface"},
-        *({"name": k, "value": v} for k, v in sorted(config.extra_env.items())),
+        *_base_env(config),
     ]
     container = {
         "name": "stage",
@@ -268,9 +275,7 @@ def cleanup_job_manifest(run: dict, spec: CreamRunSpec, root: str, config: Opera
                     "imagePullPolicy": config.image_pull_policy,
                     "command": [config.python, "-m", "cream_stages.cleanup", root],
                     "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
-                    "env": [{"name": "HOME", "value": "/tmp"},
-                            *({"name": k, "value": v}
-                              for k, v in sorted(config.extra_env.items()))],
+                    "env": _base_env(config),
                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
                     "securityContext": {"allowPrivilegeEscalation": False},
                 }],
