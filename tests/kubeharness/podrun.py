@@ -35,6 +35,8 @@ BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # container restarts (the kubelet's are 
 MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet
 FALLBACK_LINES = 80
 LAUNCHER = str(Path(__file__).with_name("launch.py"))
+# What a container's process runs from, kept visible under its volumes (see launch.py).
+KEEP = sorted({sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[2])})
 
 
 def now() -> str:
@@ -131,7 +133,7 @@ class ContainerRun:
         spec = json.dumps({"mounts": [[str(m.source), m.target, m.read_only, m.is_file]
                                       for m in all_mounts],
                            "workdir": workdir or str(host_workdir),
-                           "host_workdir": not workdir, "argv": argv})
+                           "host_workdir": not workdir, "keep": KEEP, "argv": argv})
         started = now()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
