@@ -27,7 +27,9 @@ def widgets(k8s_api, kubectl):
     # discovery lags Established by a moment
     wait_until(lambda: _listable(api), 30, "the widgets resource to be served")
     yield api
-    kubectl("delete", "-f", str(CRD), "--wait=false")
+    # Wait until it is gone: the next test's apply on a still-terminating CRD would be a no-op,
+    # and its `kubectl wait` would then find nothing.
+    kubectl("delete", "-f", str(CRD), "--wait=true", "--timeout=60s")
 
 
 def _listable(api) -> bool:
