@@ -21,7 +21,7 @@ from . import jobs, observe
 from .config import OperatorConfig
 from .metrics import Metrics
 from .reconcile import Decision, decide
-from .spec import GROUP, KIND, PLURAL, VERSION, CreamRunSpec
+from .spec import GROUP, KIND, PLURAL, VERSION, CreamRunSpec, CreamRunStatus
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +124,8 @@ class Controller:
 
     def _patch_status(self, run: dict, decision: Decision) -> bool:
         meta = run["metadata"]
+        if decision.status == CreamRunStatus.model_validate(run.get("status") or {}):
+            return True  # most events change nothing: skip the write (and the event it causes)
         status = decision.status.model_dump(mode="json", by_alias=True)
         # Merge-patch semantics: a None at the top level removes the field; inside lists, omit.
         for key in ("conditions", "results", "steps"):
