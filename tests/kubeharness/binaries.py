@@ -14,6 +14,7 @@ every staging module with its published v0.Y.Z tag; the list is read from the re
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -21,6 +22,8 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -262,6 +265,27 @@ def ensure(names: tuple[str, ...] | None = None, log=sys.stderr) -> dict[str, Pa
         except MissingBinary:
             tool = TOOLS[name]
             gobuild = tool.build()
-            gobuild.build(tool.cached().parent, log=log)
+            # Two test sessions (or worktrees) may ask for the same tool at once: one builds,
+            # the other waits for it and finds the result.
+            with build_lock(gobuild.name):
+                try:
+                    found[name] = find(name)
+                    continue
+                except MissingBinary:
+                    pass
+                gobuild.build(tool.cached().parent, log=log)
             found[name] = find(name)
     return found
+
+
+@contextmanager
+def build_lock(name: str) -> Iterator[None]:
+    """An exclusive lock per build, held across processes (flock on a file in the cache)."""
+    path = cache_root() / "locks" / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
