@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from .spec import CreamRun
+from .spec import CreamRun, problems_of
 
 
 class SpecError(ValueError):
@@ -17,31 +17,6 @@ class SpecError(ValueError):
         self.source = source
         self.problems = problems
         super().__init__(f"{source}: " + "; ".join(problems))
-
-
-def field_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(object)"
-
-
-def problems_of(exc: ValidationError) -> list[str]:
-    problems = []
-    for err in exc.errors():
-        # Drop pydantic's "Value error, " prefix: the message is already ours.
-        msg = err["msg"].removeprefix("Value error, ")
-        loc = field_path(err["loc"])
-        if err["type"] not in ("value_error", "missing", "extra_forbidden") and "input" in err \
-                and not isinstance(err["input"], dict | list):
-            msg = f"{msg} (got {err['input']!r})"
-        if err["type"] == "extra_forbidden":
-            msg = "unknown field; check its spelling against `cream crd` or the README"
-        problems.append(f"{loc}: {msg}")
-    return problems
 
 
 def parse(doc: dict, source: str = "<object>") -> CreamRun:
@@ -74,7 +49,7 @@ def input_problems(run: CreamRun) -> list[str]:
 
     S3 and hub URIs are left to the stages (checking them needs credentials and a network)."""
     from cream_stages.data import resolve_data_uri  # noqa: PLC0415
-    from cream_stages.errors import StageInputError  # noqa: PLC0415
+    from cream_stages.contract import StageInputError  # noqa: PLC0415
     from cream_stages.models import validate_model_uri  # noqa: PLC0415
 
     spec = run.spec

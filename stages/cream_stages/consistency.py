@@ -12,10 +12,23 @@ import logging
 
 from . import artifacts
 from . import consistency_math as cm
-from .contract import MANIFEST, PAIRS_FILE, PER_PROMPT_FILE, ConsistencyRequest
-from .data import check_scores_match, load_responses, load_scores
-from .errors import StageInputError
-from .runner import StageResult
+from .contract import (
+    MANIFEST,
+    PAIRS_FILE,
+    PER_PROMPT_FILE,
+    ConsistencyRequest,
+    StageInputError,
+    StageResult,
+)
+from .records import (
+    ConsistencyRecord,
+    PairRecord,
+    ResponsesRecord,
+    ScoresRecord,
+    check_scores_match,
+    read,
+    write,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +60,13 @@ def check_same_backend(uris: list[str]) -> None:
 
 
 def run(req: ConsistencyRequest) -> StageResult:
-    if req.iteration >= 2 and req.previous2 is None:
-        raise StageInputError("field 'previous2' (scores of M_{t-2}) is required at iteration "
-                              f"{req.iteration} >= 2")
-    if req.iteration == 1 and req.previous2 is not None:
-        raise StageInputError("field 'previous2' must be absent at iteration 1: r_0 is M0's "
-                              "length-normalised log-likelihood")
-    responses = load_responses(req.responses)
+    responses = read(req.responses, ResponsesRecord)
     if not responses:
         raise StageInputError(f"{req.responses}: no responses")
     score_uris = [u for u in (req.current, req.previous, req.previous2) if u is not None]
     scores = []
     for uri in score_uris:
-        loaded = load_scores(uri)
+        loaded = {r.prompt_id: r for r in read(uri, ScoresRecord)}
         check_scores_match(req.responses, responses, uri, loaded)
         scores.append(loaded)
     check_same_backend(score_uris)
@@ -83,7 +90,8 @@ def run(req: ConsistencyRequest) -> StageResult:
     rate = cm.consistency_rate(results)
 
     field = cm.METHOD_FIELD[req.method]
-    per_prompt = [{"prompt_id": r.prompt_id, field: r.agreement, "c": r.c, "kept": r.kept}
+    per_prompt = [ConsistencyRecord(prompt_id=r.prompt_id, kept=r.kept, c=r.c,
+                                    **{field: r.agreement})
                   for r in results.values()]
     pairs = []
     for row in responses:
@@ -92,25 +100,18 @@ def run(req: ConsistencyRequest) -> StageResult:
             continue
         c, rj = res.chosen_index, res.rejected_index
         ref = current[row.prompt_id]
-        pairs.append({
-            "prompt_id": row.prompt_id,
-            "prompt": row.prompt,
-            "chosen": row.responses[c],
-            "rejected": row.responses[rj],
-            "chosen_index": c,
-            "rejected_index": rj,
-            "weight": weights[row.prompt_id],
-            "ref_chosen_logp": ref.logps[c],
-            "ref_rejected_logp": ref.logps[rj],
-            # How many tokens score summed: dpo re-tokenises and checks it counts the same.
-            "chosen_length": ref.lengths[c],
-            "rejected_length": ref.lengths[rj],
-        })
+        pairs.append(PairRecord(
+            prompt_id=row.prompt_id, prompt=row.prompt,
+            chosen=row.responses[c], rejected=row.responses[rj],
+            chosen_index=c, rejected_index=rj, weight=weights[row.prompt_id],
+            ref_chosen_logp=ref.logps[c], ref_rejected_logp=ref.logps[rj],
+            ref_chosen_length=ref.lengths[c], ref_rejected_length=ref.lengths[rj],
+        ))
     dropped = len(results) - len(kept)
     if dropped:
         log.info("dropped %d prompt(s) whose rewards all tie", dropped)
-    artifacts.write_jsonl(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
-    artifacts.write_jsonl(artifacts.join(req.output, PAIRS_FILE), pairs)
+    write(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
+    write(artifacts.join(req.output, PAIRS_FILE), pairs)
     inputs = {"responses": req.responses, "current": req.current, "previous": req.previous,
               "previous2": req.previous2}
     return StageResult(

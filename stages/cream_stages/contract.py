@@ -1,23 +1,30 @@
-"""The stage contract: what a stage is asked to do, and the manifest it leaves when done.
+"""The stage contract, the whole stage API: what a stage is asked, what it returns, how it fails.
 
 Every stage is `python -m cream_stages <stage> --request <uri>`. The request names the stage's
-input URIs, its output URI (a directory) and its parameters. A stage writes its outputs, then last
-`<output>/manifest.json`: the manifest is the commit point, so a stage whose manifest exists is
-done and running it again is a no-op.
+input URIs, its output URI (a directory) and its parameters; its shape is checked here, by the
+request models' validators, before any stage code runs. A stage's `run(request)` writes its
+outputs and returns a `StageResult`; the runner then writes `<output>/manifest.json` last: the
+manifest is the commit point, so a stage whose manifest exists is done and running it again is a
+no-op. Bad input raises `StageInputError` (exit code 2, never retried).
+
+`STAGE_TABLE` holds the facts about each stage that other parts act on (which stages train a
+model, which want a GPU), so no other module keeps lists of stage names.
 
 This module is imported by the operator, whose image has no torch: keep it free of ML imports.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
-# Names of the files a stage leaves in its output directory (besides the manifest).
+# Names of the files a stage leaves in its output directory (besides the manifest); their record
+# models are in records.py.
 RESPONSES_FILE = "responses.jsonl"  # sample
 SCORES_FILE = "scores.jsonl"  # score
 PAIRS_FILE = "pairs.jsonl"  # consistency
@@ -25,7 +32,6 @@ PER_PROMPT_FILE = "consistency.jsonl"  # consistency
 PREDICTIONS_FILE = "predictions.jsonl"  # evaluate
 
 StageName = Literal["sft", "sample", "score", "consistency", "dpo", "evaluate"]
-STAGES: tuple[str, ...] = ("sft", "sample", "score", "consistency", "dpo", "evaluate")
 
 InferenceBackend = Literal["transformers", "vllm"]
 TrainBackend = Literal["transformers", "deepspeed"]
@@ -36,6 +42,24 @@ Precision = Literal["float32", "bfloat16", "float16"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
+
+class StageInputError(ValueError):
+    """A request, data file or model that cannot be used; the message names the file and field.
+
+    The runner reports it in one line and exits 2, which fails the stage's Job at once: the same
+    input fails the same way on every retry."""
+
+
+@dataclass
+class StageResult:
+    """What a stage returns for its manifest (inputs: name -> URI; outputs: name -> file)."""
+
+    inputs: dict[str, str | None]
+    outputs: dict[str, str]
+    metrics: dict = field(default_factory=dict)
+
+
+# --- requests ---------------------------------------------------------------------------------
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -103,6 +127,16 @@ class ConsistencyRequest(_Request):
     method: RankMethod = "kendall"
     strategy: Strategy = "avg"
 
+    @model_validator(mode="after")
+    def _previous2_iff_iteration_two_or_more(self):
+        if self.iteration >= 2 and self.previous2 is None:
+            raise ValueError("field 'previous2' (scores of M_{t-2}) is required at iteration "
+                             f"{self.iteration} >= 2")
+        if self.iteration == 1 and self.previous2 is not None:
+            raise ValueError("field 'previous2' must be absent at iteration 1: r_0 is M0's "
+                             "length-normalised log-likelihood")
+        return self
+
 
 class DpoRequest(_Request):
     stage: Literal["dpo"] = "dpo"
@@ -130,6 +164,13 @@ class EvaluateRequest(_Request):
     backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
 
+    @model_validator(mode="after")
+    def _unique_task_names(self):
+        names = [t.name for t in self.tasks]
+        if len(set(names)) != len(names):
+            raise ValueError("field 'tasks': task names must be unique")
+        return self
+
 
 StageRequest = Annotated[
     SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest | DpoRequest | EvaluateRequest,
@@ -146,6 +187,31 @@ def parse_request(data: dict) -> SftRequest | SampleRequest | ScoreRequest | Con
     """Validate a request dict into its stage's model (raises pydantic.ValidationError)."""
     return _RequestEnvelope.model_validate({"request": data}).request
 
+
+# --- the stages -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StageFacts:
+    """What the rest of the system needs to know of a stage, besides its request."""
+
+    name: str
+    request: type[_Request]
+    trains: bool  # writes a model from TrainParams: torchrun under DeepSpeed, several nodes
+    wants_gpu: bool  # gets the operator's default GPU count when a run names none
+
+
+STAGE_TABLE: dict[str, StageFacts] = {f.name: f for f in (
+    StageFacts("sft", SftRequest, trains=True, wants_gpu=True),
+    StageFacts("sample", SampleRequest, trains=False, wants_gpu=True),
+    StageFacts("score", ScoreRequest, trains=False, wants_gpu=True),
+    StageFacts("consistency", ConsistencyRequest, trains=False, wants_gpu=False),
+    StageFacts("dpo", DpoRequest, trains=True, wants_gpu=True),
+    StageFacts("evaluate", EvaluateRequest, trains=False, wants_gpu=True),
+)}
+STAGES: tuple[str, ...] = tuple(STAGE_TABLE)
+
+
+# --- the manifest -----------------------------------------------------------------------------
 
 class Timings(BaseModel):
     started: str

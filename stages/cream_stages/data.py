@@ -1,17 +1,17 @@
-"""Reading the stages' data files, in our formats and the reference project's, failing loudly.
+"""Reading the user's data files (prompt sets, SFT data), in our formats and the reference
+project's, failing loudly.
 
-Every error names the file (URI), the record and the field. No torch here: the operator's CLI uses
-resolve_data_uri to validate specs.
+Every error names the file (URI), the record and the field. The files stages write for each other
+are records.py's. No torch here: the operator's CLI uses resolve_data_uri to validate specs.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import artifacts
-from .errors import StageInputError
+from .contract import StageInputError
 
 BUILTIN_DATA_DIR = Path(__file__).resolve().parent / "builtin" / "data"
 BUILTIN_DATA_PREFIX = "builtin://data/"
@@ -162,123 +162,3 @@ def load_conversations(uri: str) -> list[list[dict]]:
     if not out:
         raise StageInputError(f"{uri}: no SFT examples")
     return out
-
-
-# --- stage outputs: responses, scores, pairs --------------------------------------------------
-
-@dataclass(frozen=True)
-class Responses:
-    prompt_id: str
-    prompt: str
-    responses: list[str]
-
-
-def load_responses(uri: str) -> list[Responses]:
-    records = read_records(uri)
-    out = []
-    seen: set[str] = set()
-    for i, rec in enumerate(records):
-        pid = _string(uri, i, rec, "prompt_id")
-        if pid in seen:
-            raise StageInputError(f"{uri}: record {i + 1}: duplicate prompt_id {pid}")
-        seen.add(pid)
-        responses = rec.get("responses")
-        if not isinstance(responses, list) or not all(isinstance(r, str) for r in responses):
-            raise StageInputError(f"{where(uri, i, rec)}: field 'responses' must be a list of "
-                                  "strings")
-        if not responses:
-            raise StageInputError(f"{where(uri, i, rec)}: field 'responses' is empty")
-        out.append(Responses(pid, _string(uri, i, rec, "prompt"), responses))
-    return out
-
-
-@dataclass(frozen=True)
-class Scores:
-    prompt_id: str
-    logps: list[float]
-    lengths: list[int]
-
-
-def load_scores(uri: str) -> dict[str, Scores]:
-    """scores.jsonl keyed by prompt id; every log-prob finite, every length a positive int."""
-    out: dict[str, Scores] = {}
-    for i, rec in enumerate(read_records(uri)):
-        pid = _string(uri, i, rec, "prompt_id")
-        if pid in out:
-            raise StageInputError(f"{uri}: record {i + 1}: duplicate prompt_id {pid}")
-        logps, lengths = rec.get("logps"), rec.get("lengths")
-        if not isinstance(logps, list) or not all(
-            isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-            for x in logps
-        ):
-            raise StageInputError(f"{where(uri, i, rec)}: field 'logps' must be a list of finite "
-                                  "numbers")
-        if not isinstance(lengths, list) or not all(
-            isinstance(x, int) and not isinstance(x, bool) and x > 0 for x in lengths
-        ):
-            raise StageInputError(f"{where(uri, i, rec)}: field 'lengths' must be a list of "
-                                  "positive integers")
-        if len(logps) != len(lengths):
-            raise StageInputError(f"{where(uri, i, rec)}: 'logps' has {len(logps)} values but "
-                                  f"'lengths' has {len(lengths)}")
-        out[pid] = Scores(pid, [float(x) for x in logps], lengths)
-    return out
-
-
-def check_scores_match(responses_uri: str, responses: list[Responses], scores_uri: str,
-                       scores: dict[str, Scores]) -> None:
-    """The score file covers exactly the responses' prompts, with one score per response."""
-    ids = [r.prompt_id for r in responses]
-    missing = [pid for pid in ids if pid not in scores]
-    extra = sorted(set(scores) - set(ids))
-    if missing or extra:
-        detail = []
-        if missing:
-            detail.append(f"no scores for prompt_id {', '.join(missing[:5])}")
-        if extra:
-            detail.append(f"scores for prompt_id {', '.join(extra[:5])} not in {responses_uri}")
-        raise StageInputError(f"{scores_uri}: does not match {responses_uri}: {'; '.join(detail)}")
-    for r in responses:
-        if len(scores[r.prompt_id].logps) != len(r.responses):
-            raise StageInputError(
-                f"{scores_uri}: prompt_id {r.prompt_id}: field 'logps' has "
-                f"{len(scores[r.prompt_id].logps)} values but {responses_uri} has "
-                f"{len(r.responses)} responses"
-            )
-
-
-@dataclass(frozen=True)
-class Pair:
-    prompt_id: str
-    prompt: str
-    chosen: str
-    rejected: str
-    weight: float
-    ref_chosen_logp: float
-    ref_rejected_logp: float
-    ref_chosen_length: int | None = None
-    ref_rejected_length: int | None = None
-
-
-def load_pairs(uri: str) -> list[Pair]:
-    pairs = []
-    for i, rec in enumerate(read_records(uri)):
-        nums = {}
-        for field in ("weight", "ref_chosen_logp", "ref_rejected_logp"):
-            value = rec.get(field)
-            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(
-                    value):
-                what = "missing field" if field not in rec else "expected a finite number in field"
-                raise StageInputError(f"{where(uri, i, rec)}: {what} '{field}'")
-            nums[field] = float(value)
-        if not 0.0 <= nums["weight"] <= 1.0:
-            raise StageInputError(f"{where(uri, i, rec)}: field 'weight' must be in [0, 1]")
-        lengths = [rec.get(f) if isinstance(rec.get(f), int) else None
-                   for f in ("chosen_length", "rejected_length")]
-        pairs.append(Pair(_string(uri, i, rec, "prompt_id"), _string(uri, i, rec, "prompt"),
-                          _string(uri, i, rec, "chosen"), _string(uri, i, rec, "rejected"),
-                          nums["weight"], nums["ref_chosen_logp"], nums["ref_rejected_logp"],
-                          *lengths))
-    if not pairs:
-        raise StageInputError(f"{uri}: no preference pairs")
-    return pairs

@@ -11,10 +11,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .contract import DpoRequest
-from .data import Pair, load_pairs
-from .errors import StageInputError
-from .runner import StageResult
+from .contract import DpoRequest, StageInputError, StageResult
+from .records import PairRecord, read
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +26,8 @@ class DpoExample:
     weight: float
 
 
-def encode_pairs(tokenizer, pairs: list[Pair], max_length: int, uri: str) -> list[DpoExample]:
+def encode_pairs(tokenizer, pairs: list[PairRecord], max_length: int,
+                 uri: str) -> list[DpoExample]:
     from .tokenization import encode_pair  # noqa: PLC0415
 
     out = []
@@ -37,7 +36,7 @@ def encode_pairs(tokenizer, pairs: list[Pair], max_length: int, uri: str) -> lis
         rejected = encode_pair(tokenizer, pair.prompt, pair.rejected, max_length)
         for name, enc, recorded in (("chosen", chosen, pair.ref_chosen_length),
                                     ("rejected", rejected, pair.ref_rejected_length)):
-            if recorded is not None and enc.n_targets != recorded:
+            if enc.n_targets != recorded:
                 raise StageInputError(
                     f"{uri}: prompt_id {pair.prompt_id}: the {name} response has {enc.n_targets} "
                     f"tokens under max_length {max_length} but score counted {recorded}: score "
@@ -72,11 +71,13 @@ def make_loss_fn(pad_id: int, beta: float):
     return loss_fn
 
 
-def run(req: DpoRequest) -> StageResult:
+def run(req: DpoRequest) -> StageResult | None:
     from .models import load_tokenizer, resolve_model_uri  # noqa: PLC0415
     from .training import train_and_save  # noqa: PLC0415
 
-    pairs = load_pairs(req.pairs)
+    pairs = read(req.pairs, PairRecord)
+    if not pairs:
+        raise StageInputError(f"{req.pairs}: no preference pairs")
     path = resolve_model_uri(req.model)
     tokenizer = load_tokenizer(path)
     examples = encode_pairs(tokenizer, pairs, req.train.max_length, req.pairs)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .answers import extract_choice, extract_number, gsm8k_gold, normalize_number
+from .contract import StageInputError
 from .data import read_records, where
-from .errors import StageInputError
 
 INSTRUCTION = (
     "Answer the question by thinking step by step. At the end, output the final answer, "

@@ -1,4 +1,4 @@
-"""`python -m cream_stages <stage> --request <uri>`: the contract around every stage.
+"""`python -m cream_stages <stage> --request <uri>`: the launcher around every stage.
 
 Read and validate the request; if the output's manifest exists the stage is done (exit 0, no
 work); else run it, which writes its outputs, then write the manifest last. Bad input (request,
@@ -15,14 +15,12 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
 from . import artifacts
-from .contract import MANIFEST, STAGES, Manifest, parse_request
-from .errors import StageInputError
+from .contract import MANIFEST, STAGES, Manifest, StageInputError, StageResult, parse_request
 
 log = logging.getLogger("cream_stages")
 
@@ -31,15 +29,6 @@ EXIT_FAILED = 1
 TERMINATION_LOG_ENV = "CREAM_TERMINATION_LOG"
 K8S_TERMINATION_LOG = "/dev/termination-log"
 TERMINATION_LOG_LIMIT = 4096  # bytes Kubernetes keeps
-
-
-@dataclass
-class StageResult:
-    """What a stage reports for its manifest (inputs: name -> URI; outputs: name -> file)."""
-
-    inputs: dict[str, str | None]
-    outputs: dict[str, str]
-    metrics: dict = field(default_factory=dict)
 
 
 def rank() -> int:
@@ -89,7 +78,8 @@ def _validation_message(uri: str, stage: str, exc: ValidationError) -> str:
             if parts and parts[0] == tag:
                 parts.pop(0)
         loc = ".".join(str(p) for p in parts)
-        problems.append(f"field '{loc}': {err['msg']}" if loc else err["msg"])
+        msg = err["msg"].removeprefix("Value error, ")  # our validators' words stand alone
+        problems.append(f"field '{loc}': {msg}" if loc else msg)
     return f"{uri}: invalid request: {'; '.join(problems)}"
 
 

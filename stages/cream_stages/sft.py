@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import logging
 
-from .contract import SftRequest
+from .contract import SftRequest, StageInputError, StageResult
 from .data import load_conversations
-from .errors import StageInputError
-from .runner import StageResult
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +27,7 @@ def make_loss_fn(pad_id: int):
     return loss_fn
 
 
-def run(req: SftRequest) -> StageResult:
+def run(req: SftRequest) -> StageResult | None:
     from .models import load_tokenizer, resolve_model_uri  # noqa: PLC0415
     from .tokenization import encode_conversation  # noqa: PLC0415
     from .training import train_and_save  # noqa: PLC0415

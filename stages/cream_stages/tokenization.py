@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .errors import StageInputError
+from .contract import StageInputError
 
 
 @dataclass(frozen=True)

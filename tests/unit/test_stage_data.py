@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cream_stages import data
-from cream_stages.errors import StageInputError
+from cream_stages import data, records
+from cream_stages.contract import StageInputError
 
 
 def _file(tmp_path, rows, name="f.jsonl"):
@@ -111,20 +111,20 @@ def test_bad_sft_records(tmp_path, row, needle):
 def test_scores_must_be_finite_and_lengths_positive(tmp_path):
     uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, float("nan")], "lengths": [1, 2]}])
     with pytest.raises(StageInputError, match="'logps'"):
-        data.load_scores(uri)
+        records.read(uri, records.ScoresRecord)
     uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, 2.0], "lengths": [1, 0]}])
     with pytest.raises(StageInputError, match="'lengths'"):
-        data.load_scores(uri)
+        records.read(uri, records.ScoresRecord)
 
 
 def test_pairs_need_weights_in_unit_interval(tmp_path):
     row = {"prompt_id": "a", "prompt": "p", "chosen": "c", "rejected": "r", "weight": 1.5,
            "ref_chosen_logp": -1.0, "ref_rejected_logp": -2.0}
     with pytest.raises(StageInputError, match="'weight'"):
-        data.load_pairs(_file(tmp_path, [row]))
+        records.read(_file(tmp_path, [row]), records.PairRecord)
     del row["ref_chosen_logp"]
     with pytest.raises(StageInputError, match="missing field 'ref_chosen_logp'"):
-        data.load_pairs(_file(tmp_path, [row]))
+        records.read(_file(tmp_path, [row]), records.PairRecord)
 
 
 def test_model_uris_are_validated_without_building(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cream_stages.errors import StageInputError
+from cream_stages.contract import StageInputError
 from cream_stages.eval_tasks import INSTRUCTION, load_task
 
 RECORDS = {

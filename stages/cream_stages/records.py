@@ -1,0 +1,151 @@
+"""The files stages hand to each other, each record defined once: its writer and its reader share
+the model, so a field cannot be written under one name and read under another.
+
+responses.jsonl (sample -> score, consistency), scores.jsonl (score -> consistency),
+pairs.jsonl and consistency.jsonl (consistency -> dpo), predictions.jsonl (evaluate). The user's
+own input formats (prompt sets, SFT data, evaluation sets) are data.py's and eval_tasks.py's.
+
+Reading validates every record and fails with the file, the record and the field; numbers must be
+finite (a NaN log-prob would silently poison a ranking).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Annotated, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import artifacts
+from .contract import StageInputError
+from .data import read_records, where
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+PositiveInt = Annotated[int, Field(gt=0, strict=True)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class ResponsesRecord(_Record):
+    """One prompt and the n responses sampled for it (sample's output)."""
+
+    prompt_id: str
+    prompt: str
+    responses: list[str] = Field(min_length=1)
+
+
+class ScoresRecord(_Record):
+    """s_M of each response of one prompt, in the responses' order (score's output)."""
+
+    prompt_id: str
+    logps: list[FiniteFloat]
+    lengths: list[PositiveInt] = Field(description="|y|: the response tokens summed")
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.logps) != len(self.lengths):
+            raise ValueError(f"'logps' has {len(self.logps)} values but 'lengths' has "
+                             f"{len(self.lengths)}")
+        return self
+
+
+class PairRecord(_Record):
+    """One DPO preference pair with its weight C and M_t's reference log-probs (consistency's)."""
+
+    prompt_id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_index: int = Field(ge=0)
+    rejected_index: int = Field(ge=0)
+    weight: float = Field(ge=0.0, le=1.0)
+    ref_chosen_logp: FiniteFloat
+    ref_rejected_logp: FiniteFloat
+    # How many tokens score summed: dpo re-tokenises and checks it counts the same.
+    ref_chosen_length: PositiveInt
+    ref_rejected_length: PositiveInt
+
+
+class ConsistencyRecord(_Record):
+    """One prompt's rank agreement (the statistic under its own name) and C (consistency's)."""
+
+    prompt_id: str
+    kept: bool
+    c: float | None = Field(default=None, ge=0.0, le=1.0)
+    tau: float | None = None
+    rho: float | None = None
+    top_order: float | None = None
+
+
+class PredictionRecord(_Record):
+    """One evaluation item: what the model wrote and what was read from it (evaluate's)."""
+
+    task: str
+    id: str
+    prediction: str | None
+    answer: str
+    correct: bool
+    output: str
+
+
+R = TypeVar("R", bound=_Record)
+
+
+def _problem(err: dict) -> str:
+    """One pydantic error as "field 'logps' (item 2): ..." or "missing field 'weight'"."""
+    loc = err["loc"]
+    if err["type"] == "missing":
+        return f"missing field '{loc[0]}'"
+    msg = err["msg"].removeprefix("Value error, ")
+    if not loc:
+        return msg
+    items = "".join(f" (item {p + 1})" if isinstance(p, int) else f".{p}" for p in loc[1:])
+    return f"field '{loc[0]}'{items}: {msg}"
+
+
+def read(uri: str, model: type[R], key: str | None = "prompt_id") -> list[R]:
+    """Every record of a stage file, validated; `key` must be unique when given."""
+    out: list[R] = []
+    seen: set[str] = set()
+    for i, rec in enumerate(read_records(uri)):
+        try:
+            record = model.model_validate(rec)
+        except ValidationError as exc:
+            problems = "; ".join(_problem(e) for e in exc.errors())
+            raise StageInputError(f"{where(uri, i, rec)}: {problems}") from None
+        if key is not None:
+            value = getattr(record, key)
+            if value in seen:
+                raise StageInputError(f"{uri}: record {i + 1}: duplicate {key} {value}")
+            seen.add(value)
+        out.append(record)
+    return out
+
+
+def write(uri: str, records: Iterable[_Record]) -> None:
+    """One JSON object per line, atomically; fields left at their defaults are left out."""
+    artifacts.write_jsonl(uri, (r.model_dump(mode="json", exclude_unset=True) for r in records))
+
+
+def check_scores_match(responses_uri: str, responses: list[ResponsesRecord], scores_uri: str,
+                       scores: dict[str, ScoresRecord]) -> None:
+    """The score file covers exactly the responses' prompts, with one score per response."""
+    ids = [r.prompt_id for r in responses]
+    missing = [pid for pid in ids if pid not in scores]
+    extra = sorted(set(scores) - set(ids))
+    if missing or extra:
+        detail = []
+        if missing:
+            detail.append(f"no scores for prompt_id {', '.join(missing[:5])}")
+        if extra:
+            detail.append(f"scores for prompt_id {', '.join(extra[:5])} not in {responses_uri}")
+        raise StageInputError(f"{scores_uri}: does not match {responses_uri}: {'; '.join(detail)}")
+    for r in responses:
+        if len(scores[r.prompt_id].logps) != len(r.responses):
+            raise StageInputError(
+                f"{scores_uri}: prompt_id {r.prompt_id}: field 'logps' has "
+                f"{len(scores[r.prompt_id].logps)} values but {responses_uri} has "
+                f"{len(r.responses)} responses"
+            )
