@@ -1,4 +1,5 @@
-"""vLLM for sample, score and evaluate on a GPU (vllm is imported inside functions).
+"""The vLLM inference backend: sample, score and evaluate on a GPU (vllm is imported inside
+functions, so this module imports anywhere).
 
 Scoring uses prompt log-probs: the whole tokenised conversation is the prompt, one token is
 generated, and the log-prob vLLM reports for each actual prompt token is summed over the response
@@ -14,7 +15,8 @@ import hashlib
 import logging
 from collections.abc import Sequence
 
-from .tokenization import Encoded
+from .models import load_tokenizer, resolve_model_uri
+from .tokenization import Encoded, prompt_text
 
 log = logging.getLogger(__name__)
 
@@ -75,52 +77,64 @@ def sum_prompt_logprobs(prompt_logprobs, input_ids: Sequence[int],
     return total
 
 
-def _llm(model_path: str, precision: str, seed: int, max_model_len: int | None = None):
-    from vllm import LLM  # noqa: PLC0415
+class VllmEngine:
+    """One vLLM instance per engine, started on first use (scoring needs max_model_len)."""
 
-    kwargs = {"model": model_path, "tokenizer": model_path, "dtype": precision, "seed": seed}
-    if max_model_len:
-        kwargs["max_model_len"] = max_model_len
-    return LLM(**kwargs)
+    def __init__(self, model: str, precision: str, seed: int):
+        self.path = resolve_model_uri(model)
+        self.tokenizer = load_tokenizer(self.path)
+        self.precision = precision
+        self.seed = seed
+        self._llms: dict[int | None, object] = {}
 
+    def _llm(self, max_model_len: int | None = None):
+        if max_model_len not in self._llms:
+            from vllm import LLM  # noqa: PLC0415
 
-def generate(model_path: str, prompt_ids: list[list[int]], keys: list[str], *, precision: str,
-             seed: int, sample: bool, n: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-             max_tokens: int) -> list[list[str]]:
-    """n completions per prompt (token ids of the templated prompt: given as tokens, so vLLM adds
-    no second bos), in input order (LLM.generate keeps it)."""
-    from vllm import SamplingParams  # noqa: PLC0415
-    from vllm.inputs import TokensPrompt  # noqa: PLC0415
+            kwargs = {"model": self.path, "tokenizer": self.path, "dtype": self.precision,
+                      "seed": self.seed}
+            if max_model_len:
+                kwargs["max_model_len"] = max_model_len
+            self._llms[max_model_len] = LLM(**kwargs)
+        return self._llms[max_model_len]
 
-    llm = _llm(model_path, precision, seed)
-    if sample:
-        params = [SamplingParams(**sampling_kwargs(n=n, temperature=temperature, top_p=top_p,
-                                                   max_tokens=max_tokens,
-                                                   seed=request_seed(seed, key)))
-                  for key in keys]
-    else:
-        params = [SamplingParams(**greedy_kwargs(max_tokens))] * len(keys)
-    prompts = [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids]
-    outputs = llm.generate(prompts, params, use_tqdm=True)
-    return [[c.text for c in out.outputs] for out in outputs]
+    def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
+                 sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
+                 batch_size: int, desc: str = "generate") -> list[list[str]]:
+        """n completions per prompt, in input order (LLM.generate keeps it). Prompts go in as
+        token ids of the templated text, so vLLM adds no second bos; batch_size is vLLM's
+        business (continuous batching)."""
+        from vllm import SamplingParams  # noqa: PLC0415
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
+        if sample:
+            params = [SamplingParams(**sampling_kwargs(
+                n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                seed=request_seed(self.seed, key))) for key in keys]
+        else:
+            params = [SamplingParams(**greedy_kwargs(max_tokens))] * len(keys)
+        ids = [self.tokenizer(prompt_text(self.tokenizer, p), add_special_tokens=False)[
+            "input_ids"] for p in prompts]
+        outputs = self._llm().generate([TokensPrompt(prompt_token_ids=i) for i in ids], params,
+                                       use_tqdm=True)
+        return [[c.text for c in out.outputs] for out in outputs]
 
-def score(model_path: str, encodings: list[Encoded], *, precision: str, seed: int,
-          max_length: int, batch_size: int) -> list[float]:
-    """s_M of each encoding, chunked to at most batch_size * max_length tokens per call."""
-    from vllm import SamplingParams  # noqa: PLC0415
-    from vllm.inputs import TokensPrompt  # noqa: PLC0415
+    def score(self, encodings: Sequence[Encoded], *, max_length: int, batch_size: int,
+              desc: str = "score") -> list[float]:
+        """s_M of each encoding, chunked to at most batch_size * max_length tokens per call."""
+        from vllm import SamplingParams  # noqa: PLC0415
+        from vllm.inputs import TokensPrompt  # noqa: PLC0415
 
-    llm = _llm(model_path, precision, seed, max_model_len=max_length + 1)
-    params = SamplingParams(**scoring_kwargs())
-    out = [0.0] * len(encodings)
-    chunks = token_chunks([len(e.input_ids) for e in encodings], batch_size * max_length,
-                          batch_size)
-    for n, chunk in enumerate(chunks, start=1):
-        log.info("scoring chunk %d/%d (%d requests)", n, len(chunks), len(chunk))
-        prompts = [TokensPrompt(prompt_token_ids=encodings[i].input_ids) for i in chunk]
-        results = llm.generate(prompts, params, use_tqdm=False)
-        for i, res in zip(chunk, results, strict=True):
-            out[i] = sum_prompt_logprobs(res.prompt_logprobs, encodings[i].input_ids,
-                                         encodings[i].target_mask)
-    return out
+        llm = self._llm(max_model_len=max_length + 1)
+        params = SamplingParams(**scoring_kwargs())
+        out = [0.0] * len(encodings)
+        chunks = token_chunks([len(e.input_ids) for e in encodings], batch_size * max_length,
+                              batch_size)
+        for n, chunk in enumerate(chunks, start=1):
+            log.info("%s: chunk %d/%d (%d requests)", desc, n, len(chunks), len(chunk))
+            prompts = [TokensPrompt(prompt_token_ids=encodings[i].input_ids) for i in chunk]
+            results = llm.generate(prompts, params, use_tqdm=False)
+            for i, res in zip(chunk, results, strict=True):
+                out[i] = sum_prompt_logprobs(res.prompt_logprobs, encodings[i].input_ids,
+                                             encodings[i].target_mask)
+        return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 
-from cream_stages.generation import generate
+from cream_stages.infer_transformers import generate
 
 PROMPTS = ["What is 2 plus 3?", "Name a primary color.", "Hi"]
 

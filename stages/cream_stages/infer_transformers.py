@@ -1,0 +1,68 @@
+"""The transformers inference backend: generation and scoring on the CPU or one GPU.
+
+Generation batches prompts with left padding (generation appends on the right) and decodes only
+the new tokens; sampling is deterministic given the seed and the batch size (the generator is
+seeded once per call and the batches always run in the same order). Scoring is logprobs.py's
+padded, length-sorted path: the reference every other scorer is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from tqdm import tqdm
+from transformers import GenerationConfig
+
+from .logprobs import score_encodings
+from .models import load_model
+from .tokenization import prompt_text
+
+
+class TransformersEngine:
+    def __init__(self, model: str, precision: str, seed: int):
+        self.model, self.tokenizer, self.path = load_model(model, precision)
+        self.seed = seed
+
+    def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
+                 sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
+                 batch_size: int, desc: str = "generate") -> list[list[str]]:
+        return generate(self.model, self.tokenizer, list(prompts), n=n, sample=sample,
+                        temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                        batch_size=batch_size, seed=self.seed, desc=desc)
+
+    def score(self, encodings: Sequence, *, max_length: int, batch_size: int,
+              desc: str = "score") -> list[float]:
+        return score_encodings(self.model, list(encodings), self.tokenizer.pad_token_id,
+                               batch_size, self.model.device, desc=desc)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, n: int = 1, sample: bool,
+             temperature: float = 1.0, top_p: float = 1.0, max_tokens: int, batch_size: int,
+             seed: int = 0, desc: str = "generate") -> list[list[str]]:
+    """n completions for each user prompt (chat template applied), in prompt order."""
+    torch.manual_seed(seed)
+    tokenizer.padding_side = "left"
+    texts = [prompt_text(tokenizer, p) for p in prompts]
+    # A fresh generation config: the request alone defines decoding, not the checkpoint's
+    # defaults (a repetition penalty or top-k there would make this path differ from vLLM's).
+    # Only the stop tokens come from the model (Llama-3 stops at two).
+    config = GenerationConfig(
+        max_new_tokens=max_tokens, num_return_sequences=n, do_sample=sample,
+        eos_token_id=model.generation_config.eos_token_id or tokenizer.eos_token_id,
+        bos_token_id=model.generation_config.bos_token_id, pad_token_id=tokenizer.pad_token_id,
+        # Explicit neutral values: generate() fills only unset (None) fields from the model's.
+        num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
+        temperature=temperature if sample else 1.0, top_p=top_p if sample else 1.0,
+        top_k=0 if sample else None,
+    )
+    out: list[list[str]] = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        enc = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
+                        return_tensors="pt").to(model.device)
+        generated = model.generate(**enc, generation_config=config)[
+            :, enc["input_ids"].shape[1]:]
+        decoded = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        out.extend(decoded[i:i + n] for i in range(0, len(decoded), n))
+    return out
