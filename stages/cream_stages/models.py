@@ -23,8 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import artifacts
-from .contract import MANIFEST
-from .errors import StageInputError
+from .contract import MANIFEST, StageInputError
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +166,17 @@ def default_device() -> str:
     import torch  # noqa: PLC0415
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def save_checkpoint(model, tokenizer, output: str, state_dict=None) -> None:
+    """save_pretrained of model and tokenizer into the output directory (through a temporary
+    directory and upload_dir for s3://)."""
+    if artifacts.is_s3(output):
+        with tempfile.TemporaryDirectory(prefix="cream-ckpt-") as tmp:
+            model.save_pretrained(tmp, state_dict=state_dict)
+            tokenizer.save_pretrained(tmp)
+            artifacts.upload_dir(Path(tmp), output)
+        return
+    os.makedirs(output, exist_ok=True)
+    model.save_pretrained(output, state_dict=state_dict)
+    tokenizer.save_pretrained(output)

@@ -1,26 +1,22 @@
-"""DeepSpeed ZeRO training for sft and dpo (GPU only; deepspeed is imported inside functions).
+"""The `deepspeed` training backend: ZeRO 2/3 for sft and dpo under torchrun (deepspeed is
+imported inside functions, so this module imports anywhere).
 
-The operator launches the stage under torchrun, so every rank runs this with WORLD_SIZE, RANK and
-LOCAL_RANK set. Each rank trains on its DistributedSampler shard; rank 0 saves the checkpoint, with
-ZeRO-3's parameters gathered from all ranks first (a collective every rank must join).
+The operator launches the stage under torchrun, so every rank runs with WORLD_SIZE, RANK and
+LOCAL_RANK set. The loop (train_loop.py) marks the last micro-batch of each accumulation group, so
+DeepSpeed steps exactly where the single-process backend does, on losses the loop has already
+scaled. Rank 0 saves the checkpoint, with ZeRO-3's parameters gathered from all ranks first (a
+collective every rank must join).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Sequence
+from contextlib import nullcontext
 
 from .contract import TrainParams
-from .training import (
-    MAX_GRAD_NORM,
-    TrainStats,
-    epoch_batches,
-    save_checkpoint,
-    set_seed,
-    steps_per_epoch,
-)
+from .models import save_checkpoint, torch_dtype
+from .train_loop import MAX_GRAD_NORM
 
 log = logging.getLogger(__name__)
 
@@ -60,60 +56,53 @@ def deepspeed_config(train: TrainParams, world_size: int) -> dict:
     }
 
 
-def train_and_save(model_path: str, tokenizer, examples: Sequence, loss_fn, train: TrainParams,
-                   seed: int, output: str, desc: str) -> TrainStats | None:
-    import deepspeed  # noqa: PLC0415
-    import torch  # noqa: PLC0415
-    import torch.distributed as dist  # noqa: PLC0415
-    from tqdm import tqdm  # noqa: PLC0415
-    from transformers import AutoModelForCausalLM  # noqa: PLC0415
-    from transformers.integrations import HfDeepSpeedConfig  # noqa: PLC0415
+class DeepSpeedTrainer:
+    def __init__(self, model_path: str, train: TrainParams):
+        import deepspeed  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+        from transformers import AutoModelForCausalLM  # noqa: PLC0415
+        from transformers.integrations import HfDeepSpeedConfig  # noqa: PLC0415
 
-    from .models import torch_dtype  # noqa: PLC0415
+        self.world_size, self.rank, local_rank = dist_env()
+        torch.cuda.set_device(local_rank)
+        deepspeed.init_distributed()
+        self.zero_stage = train.zero_stage
+        config = deepspeed_config(train, self.world_size)
+        # Must exist before from_pretrained so ZeRO-3 loads the weights already partitioned.
+        self._hf_ds_config = HfDeepSpeedConfig(config)
+        model = AutoModelForCausalLM.from_pretrained(model_path,
+                                                     dtype=torch_dtype(train.precision))
+        self.model, _, _, _ = deepspeed.initialize(model=model,
+                                                   model_parameters=model.parameters(),
+                                                   config=config)
+        self.model.train()
 
-    world_size, rank, local_rank = dist_env()
-    torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed()
-    set_seed(seed)
-    config = deepspeed_config(train, world_size)
-    # Must exist before from_pretrained so ZeRO-3 loads the weights already partitioned.
-    hf_ds_config = HfDeepSpeedConfig(config)  # noqa: F841 - kept alive on purpose
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype(train.precision))
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=model.parameters(),
-                                           config=config)
-    engine.train()
-    total = train.epochs * steps_per_epoch(len(examples), train, world_size)
-    losses: list[float] = []
-    step_loss = torch.zeros((), device=engine.device)
-    with tqdm(total=total, desc=desc, unit="step", disable=rank != 0) as bar:
-        for epoch in range(train.epochs):
-            for idx in epoch_batches(len(examples), train.batch_size, seed, epoch, world_size,
-                                     rank):
-                loss = loss_fn(engine, [examples[j] for j in idx])
-                engine.backward(loss)  # DeepSpeed scales by 1/gradient_accumulation itself
-                # DeepSpeed counts micro-steps globally: an epoch's trailing partial group of
-                # gradient accumulation completes with the next epoch's first micro-batches.
-                boundary = engine.is_gradient_accumulation_boundary()
-                engine.step()
-                step_loss += loss.detach().float() / train.gradient_accumulation
-                if boundary:
-                    dist.all_reduce(step_loss, op=dist.ReduceOp.AVG)
-                    value = step_loss.item()
-                    if not math.isfinite(value):
-                        raise FloatingPointError(f"{desc}: the loss became {value}")
-                    losses.append(value)
-                    step_loss.zero_()
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{value:.4f}")
-    if not losses:
-        raise ValueError(f"{desc}: fewer micro-batches than one gradient accumulation step")
-    engine.eval()
-    # ZeRO-3 holds a shard per rank: gathering the full weights is a collective (every rank).
-    zero3 = train.zero_stage == 3
-    state_dict = engine._zero3_consolidated_16bit_state_dict() if zero3 else None
-    if rank == 0:
-        save_checkpoint(engine.module, tokenizer, output, state_dict=state_dict)
-    dist.barrier()
-    if rank != 0:
-        return None
-    return TrainStats(len(examples), len(losses), losses[0], losses[-1])
+    def autocast(self):
+        return nullcontext()  # DeepSpeed's bf16/fp16 config sets the precision
+
+    def backward(self, loss, boundary: bool) -> None:
+        self.model.set_gradient_accumulation_boundary(boundary)
+        self.model.backward(loss, scale_wrt_gas=False)  # the loop has scaled it
+
+    def step(self) -> None:
+        self.model.step()  # clips (gradient_clipping) and zeroes at the boundary
+
+    def mean_over_ranks(self, value) -> float:
+        import torch  # noqa: PLC0415
+        import torch.distributed as dist  # noqa: PLC0415
+
+        tensor = torch.as_tensor(value, dtype=torch.float32, device=self.model.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.AVG)
+        return float(tensor.item())
+
+    def save(self, tokenizer, output: str) -> bool:
+        """Rank 0 saves; every rank joins ZeRO-3's gather. True on the rank that saved."""
+        import torch.distributed as dist  # noqa: PLC0415
+
+        self.model.eval()
+        zero3 = self.zero_stage == 3
+        state_dict = self.model._zero3_consolidated_16bit_state_dict() if zero3 else None
+        if self.rank == 0:
+            save_checkpoint(self.model.module, tokenizer, output, state_dict=state_dict)
+        dist.barrier()
+        return self.rank == 0

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from cream_stages import vllm_backend as vb
+from cream_stages import infer_vllm as vb
 from cream_stages.contract import TrainParams
-from cream_stages.deepspeed_backend import deepspeed_config, dist_env
-from cream_stages.training import epoch_batches, steps_per_epoch
+from cream_stages.train_deepspeed import deepspeed_config, dist_env
+from cream_stages.train_loop import epoch_batches, steps_per_epoch
 
 
 def test_deepspeed_config_zero2_bf16():
