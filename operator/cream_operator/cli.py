@@ -64,7 +64,7 @@ def _crd(_args) -> int:
 
 
 def _operator(args) -> int:
-    from .main import run_operator  # noqa: PLC0415 - kopf only when the operator runs
+    from .startup import run_operator  # noqa: PLC0415 - kopf only when the operator runs
 
     return run_operator(args)
 

@@ -15,9 +15,8 @@ class OperatorConfig:
     storage_uri: str = ""
     # Secret (in the run's namespace) with the S3 endpoint and credentials, when the run names none.
     s3_secret: str = "cream-s3"
-    # GPUs per Pod for the stages that want one, when the run does not say.
+    # GPUs per Pod for the stages that want one (contract.STAGE_TABLE), when the run does not say.
     default_gpus: int = 1
-    default_gpu_stages: tuple[str, ...] = ("sft", "sample", "score", "dpo", "evaluate")
     # The Python that runs `-m cream_stages` inside the stage image.
     python: str = "python"
     extra_env: dict[str, str] = field(default_factory=dict)

@@ -1,5 +1,9 @@
 """kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow timer, lead to
-one reconcile of that run (level-triggered: the decision looks at the whole state each time)."""
+one reconcile of that run (level-triggered: the decision looks at the whole state each time).
+
+The Controller arrives in kopf's memo (startup.run_operator puts it there), as kopf documents for
+shared objects.
+"""
 
 from __future__ import annotations
 
@@ -13,15 +17,11 @@ from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
-# Set by main.run_operator before kopf starts.
-CONTROLLER: Controller | None = None
 RESYNC_SECONDS = 60.0
 
 
-def _controller() -> Controller:
-    if CONTROLLER is None:
-        raise RuntimeError("cream_operator.handlers.CONTROLLER is not set")
-    return CONTROLLER
+def _controller(memo: kopf.Memo) -> Controller:
+    return memo.controller
 
 
 @kopf.on.startup()
@@ -35,18 +35,18 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def run_event(event: dict, namespace: str, name: str, **_) -> None:
+def run_event(event: dict, namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     if event.get("type") == "DELETED":
-        _controller().forget(namespace, name)  # its Jobs go through their ownerReferences
+        _controller(memo).forget(namespace, name)  # its Jobs go through their ownerReferences
         return
-    _controller().reconcile(namespace, name)
+    _controller(memo).reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
-def job_event(namespace: str, labels: dict, **_) -> None:
+def job_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
     run = labels.get(jobs.LABEL_RUN)
     if run:
-        _controller().reconcile(namespace, run)
+        _controller(memo).reconcile(namespace, run)
 
 
 def _deletes_artifacts(spec, **_) -> bool:
@@ -54,9 +54,9 @@ def _deletes_artifacts(spec, **_) -> bool:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
-def delete_artifacts(body, namespace: str, name: str, **_) -> None:
+def delete_artifacts(body, namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     """cleanupPolicy: Delete. kopf holds a finalizer until this returns."""
-    outcome = _controller().cleanup(namespace, name)
+    outcome = _controller(memo).cleanup(namespace, name)
     if outcome == "running":
         raise kopf.TemporaryError("waiting for the cleanup Job", delay=5)
     if outcome != "done":
@@ -65,6 +65,6 @@ def delete_artifacts(body, namespace: str, name: str, **_) -> None:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
-def resync(namespace: str, name: str, **_) -> None:
+def resync(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     """A safety net for a missed watch event; cheap, one GET and one LIST."""
-    _controller().reconcile(namespace, name)
+    _controller(memo).reconcile(namespace, name)

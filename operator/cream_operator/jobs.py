@@ -11,6 +11,7 @@ import json
 import re
 
 from cream_stages.artifacts import data_uri
+from cream_stages.contract import STAGE_TABLE
 
 from .config import OperatorConfig
 from .pipeline import Step
@@ -70,27 +71,27 @@ def gpus_for(spec: CreamRunSpec, stage: str, config: OperatorConfig) -> int:
     res = stage_resources(spec, stage)
     if res.gpus is not None:
         return res.gpus
-    return config.default_gpus if stage in config.default_gpu_stages else 0
+    return config.default_gpus if STAGE_TABLE[stage].wants_gpu else 0
 
 
 def nodes_for(spec: CreamRunSpec, step: Step) -> int:
-    if step.stage not in ("sft", "dpo"):
+    """Pods of a stage's Job: several only for a training stage (an Indexed Job)."""
+    if not STAGE_TABLE[step.stage].trains:
         return 1
     return stage_resources(spec, step.stage).nodes or 1
 
 
-def _uses_torchrun(spec: CreamRunSpec, step: Step, gpus: int, nodes: int) -> bool:
-    if step.stage not in ("sft", "dpo"):
+def _uses_torchrun(step: Step, gpus: int, nodes: int) -> bool:
+    if not STAGE_TABLE[step.stage].trains:
         return False
-    train = spec.sft if step.stage == "sft" else spec.dpo
-    return train.backend == "deepspeed" and (gpus > 1 or nodes > 1)
+    return step.request.train.backend == "deepspeed" and (gpus > 1 or nodes > 1)
 
 
-def container_command(spec: CreamRunSpec, step: Step, name: str, config: OperatorConfig,
-                      gpus: int, nodes: int) -> tuple[list[str], list[str]]:
+def container_command(step: Step, name: str, config: OperatorConfig, gpus: int,
+                      nodes: int) -> tuple[list[str], list[str]]:
     request = data_uri(json.dumps(step.request.model_dump(mode="json"), sort_keys=True).encode())
     stage_args = [step.stage, "--request", request]
-    if not _uses_torchrun(spec, step, gpus, nodes):
+    if not _uses_torchrun(step, gpus, nodes):
         return [config.python, "-m", "cream_stages"], stage_args
     torchrun = ["torchrun", f"--nproc_per_node={max(gpus, 1)}", f"--nnodes={nodes}"]
     if nodes > 1:
@@ -137,7 +138,7 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     name = job_name(run["metadata"]["name"], run["metadata"]["uid"], step)
     gpus = gpus_for(spec, step.stage, config)
     nodes = nodes_for(spec, step)
-    command, args = container_command(spec, step, name, config, gpus, nodes)
+    command, args = container_command(step, name, config, gpus, nodes)
     res = stage_resources(spec, step.stage)
     sched = spec.scheduling
     secret = spec.storage.secret_name or config.s3_secret

@@ -5,8 +5,24 @@ Pure functions over the API's JSON (camelCase dicts), tested without a cluster.
 
 from __future__ import annotations
 
+import json
+
 from .jobs import ANNOTATION_STEP
-from .reconcile import JobView, parse_metrics
+from .reconcile import JobView
+from .spec import StepMetrics
+
+
+def parse_metrics(message: str | None) -> StepMetrics | None:
+    """A succeeded stage's termination message is `{"stage": ..., "metrics": {...}}`."""
+    if not message:
+        return None
+    try:
+        doc = json.loads(message)
+        return StepMetrics.model_validate(
+            {k: v for k, v in doc.get("metrics", {}).items() if k in StepMetrics.model_fields}
+        )
+    except (ValueError, AttributeError):
+        return None
 
 
 def _condition(job: dict, type_: str) -> dict | None:

@@ -190,7 +190,7 @@ def results(steps: list[Step], metrics: Mapping[str, dict], root: str, spec: Cre
             row["dropped"] = m.get("dropped")
         elif step.stage == "evaluate":
             row["accuracy"] = dict(m.get("accuracy", {}))
-        elif step.stage in ("dpo", "sft"):
+        elif c.STAGE_TABLE[step.stage].trains:
             row["model_uri"] = model_uri(spec, root, step.model_index)
     if 0 in by_iter and spec.model.sft and "model_uri" not in by_iter[0]:
         by_iter[0]["model_uri"] = spec.model.sft

@@ -8,7 +8,6 @@ the events, and patch the status. Progress lives in the status, so a restarted o
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -20,8 +19,7 @@ from cream_stages.artifacts import join
 from . import pipeline
 from .config import OperatorConfig
 from .jobs import job_name
-from .spec import Condition, CreamRunSpec, CreamRunStatus, StepMetrics, StepStatus
-from .specfile import problems_of
+from .spec import Condition, CreamRunSpec, CreamRunStatus, StepMetrics, StepStatus, problems_of
 
 JobState = Literal["active", "succeeded", "failed", "suspended"]
 
@@ -63,19 +61,6 @@ def artifact_root(metadata: dict, spec: CreamRunSpec, config: OperatorConfig) ->
     if not base:
         return None
     return join(base, metadata["namespace"], metadata["name"], metadata["uid"])
-
-
-def parse_metrics(message: str | None) -> StepMetrics | None:
-    """A succeeded stage's termination message is `{"stage": ..., "metrics": {...}}`."""
-    if not message:
-        return None
-    try:
-        doc = json.loads(message)
-        return StepMetrics.model_validate(
-            {k: v for k, v in doc.get("metrics", {}).items() if k in StepMetrics.model_fields}
-        )
-    except (ValueError, AttributeError):
-        return None
 
 
 def _seconds(start: str | None, end: str | None) -> float:

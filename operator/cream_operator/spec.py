@@ -9,7 +9,14 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from cream_stages.contract import (
@@ -320,3 +327,30 @@ class CreamRun(_Model):
                 "characters"
             )
         return metadata
+
+
+# --- problems, as users read them -----------------------------------------------------------
+
+def field_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(object)"
+
+
+def problems_of(exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        # Drop pydantic's "Value error, " prefix: the message is already ours.
+        msg = err["msg"].removeprefix("Value error, ")
+        loc = field_path(err["loc"])
+        if err["type"] not in ("value_error", "missing", "extra_forbidden") and "input" in err \
+                and not isinstance(err["input"], dict | list):
+            msg = f"{msg} (got {err['input']!r})"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; check its spelling against `cream crd` or the README"
+        problems.append(f"{loc}: {msg}")
+    return problems

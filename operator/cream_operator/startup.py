@@ -1,4 +1,5 @@
-"""Start the operator: Kubernetes client, metrics endpoint, then kopf."""
+"""Start the operator: Kubernetes client, metrics endpoint, then kopf with the controller in its
+memo (kopf hands every handler a copy of it: no module globals)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
 
-from . import handlers
+from . import handlers  # noqa: F401 - importing it registers the kopf handlers
 from .config import OperatorConfig
 from .controller import Controller
 from .metrics import Metrics
@@ -29,9 +30,10 @@ def run_operator(args) -> int:
     )
     metrics = Metrics()
     start_http_server(args.metrics_port, registry=metrics.registry)
-    handlers.CONTROLLER = Controller(kube_client(), OperatorConfig.from_env(), metrics)
+    controller = Controller(kube_client(), OperatorConfig.from_env(), metrics)
     kopf.configure(verbose=args.verbose)
     kopf.run(
+        memo=kopf.Memo(controller=controller),
         clusterwide=not args.namespace,
         namespaces=args.namespace,
         liveness_endpoint=args.liveness,

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 from cream_operator.config import OperatorConfig
-from cream_operator.reconcile import JobView, decide, parse_metrics
+from cream_operator.observe import parse_metrics
+from cream_operator.reconcile import JobView, decide
 from cream_operator.spec import StepMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
