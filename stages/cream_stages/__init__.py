@@ -1,13 +1,17 @@
 """The stages of the CREAM pipeline: `python -m cream_stages <stage> --request <uri>`.
 
-Contract and IO: contract.py (requests, manifest), artifacts.py (local and s3:// files),
-runner.py (the entrypoint around every stage), errors.py.
+The stage API: contract.py (requests, results, the input error, the manifest, the stage table);
+records.py (the files stages hand to each other); artifacts.py (local, s3:// and data: URIs);
+runner.py (the launcher around every stage).
 Stages, one module each: sft, sample, score, consistency, dpo, evaluate.
-Shared ML pieces: models.py (model URIs and loading), tiny_model.py (builtin://tiny-llama),
-data.py (data files, builtin://data/...), tokenization.py (the one tokenisation of a
+Inference backends, peers behind inference.py: infer_transformers.py, infer_vllm.py.
+Training backends, peers behind training.py and its one loop (train_loop.py): train_torch.py,
+train_deepspeed.py.
+Shared ML pieces: models.py (model URIs, loading, saving), tiny_model.py (builtin://tiny-llama),
+data.py (the user's data files, builtin://data/...), tokenization.py (the one tokenisation of a
 conversation), logprobs.py (s_M), losses.py (CREAM's DPO loss), consistency_math.py,
-training.py, generation.py, eval_tasks.py and answers.py (evaluation formats and parsing).
-GPU backends, imported only when a request asks for them: vllm_backend.py, deepspeed_backend.py.
+eval_tasks.py and answers.py (evaluation formats and parsing).
 
-Importing the package imports nothing heavy: the operator (no torch) uses contract and artifacts.
+Importing the package imports nothing heavy: the operator (no torch) uses contract and artifacts;
+vLLM and DeepSpeed are imported only when a request asks for them.
 """
