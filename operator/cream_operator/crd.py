@@ -31,11 +31,16 @@ SPEC_RULES = [
 # Fields a running CreamRun cannot change: its artifacts and models would stop matching them.
 IMMUTABLE = ("model", "storage")
 
+# Priority 1 columns show with `kubectl get -o wide`.
 PRINTER_COLUMNS = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Iteration", "type": "integer", "jsonPath": ".status.iteration"},
     {"name": "Stage", "type": "string", "jsonPath": ".status.stage"},
     {"name": "Consistency", "type": "number", "jsonPath": ".status.consistencyRate"},
+    {"name": "Accuracy", "type": "number", "jsonPath": ".status.accuracy", "priority": 1,
+     "description": "Mean accuracy over the tasks of the latest evaluated model"},
+    {"name": "Model", "type": "string", "jsonPath": ".spec.model.base", "priority": 1},
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

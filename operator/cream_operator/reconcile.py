@@ -175,6 +175,7 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
     results = pipeline.results(steps, metrics, root, spec)
     latest = next((r.consistency_rate for r in reversed(results)
                    if r.consistency_rate is not None), None)
+    evaluated = next((r.accuracy for r in reversed(results) if r.accuracy), None)
     now_step = pipeline.current(steps, done)
 
     if failed:
@@ -209,7 +210,10 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         prev, generation, now, phase, reason, message,
         iteration=now_step.iteration if now_step else spec.iterations,
         stage=now_step.stage if now_step else None,
-        consistency_rate=latest,
+        # Rounded for `kubectl get` (results keep full precision).
+        consistency_rate=None if latest is None else round(latest, 3),
+        accuracy=None if evaluated is None else round(
+            sum(evaluated.values()) / len(evaluated), 3),
         artifacts=root,
         completion_time=completion,
         results=results,

@@ -46,63 +46,96 @@ class _Model(BaseModel):
 
 
 class ModelSpec(_Model):
-    """Where M0 comes from, and optionally an already fine-tuned M1."""
+    """Where the models come from: M0, and optionally an already fine-tuned M1."""
 
     base: str = Field(
         min_length=1,
-        description="M0: hf://org/name, s3://bucket/prefix, a local directory, or "
-        "builtin://tiny-llama (a tiny random model for smoke tests)",
+        description="M0, the base model: hf://org/name, s3://bucket/prefix (a checkpoint "
+        "directory), a local directory, or builtin://tiny-llama (a tiny random model for smoke "
+        "tests)",
     )
     sft: str | None = Field(
         default=None,
-        description="An already fine-tuned M1; when set the sft stage is skipped",
+        description="An already fine-tuned M1 (same URI forms as base); when set the sft stage "
+        "is skipped and data.sft is not needed",
     )
     max_length: int = Field(
         default=2048, ge=16, le=131072,
-        description="Token budget of prompt plus response for scoring and training",
+        description="Token budget of prompt plus response for scoring and training; longer "
+        "sequences keep the prompt and cut the response",
     )
-    precision: Precision = Field(default="bfloat16", description="Weights' dtype on GPUs")
+    precision: Precision = Field(
+        default="bfloat16",
+        description="Dtype of the weights for inference and training: float32, bfloat16 or "
+        "float16 (on the CPU use float32)",
+    )
 
 
 class EvalTaskSpec(_Model):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=40)]
-    uri: str = Field(min_length=1)
-    format: TaskFormat
+    """One evaluation set: greedy answers, the answer extracted, accuracy reported per task."""
+
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=40)] = Field(
+        description="The task's name in results and metrics: lowercase letters, digits and '_'")
+    uri: str = Field(min_length=1, description="The items: s3://..., a local file, or "
+                     "builtin://data/<file>; JSON or JSONL")
+    format: TaskFormat = Field(
+        description="multiple_choice (ARC, OpenBookQA, SIQA shapes: each item's own labels) or "
+        "gsm8k (question, answer ending '#### <number>')")
     limit: int | None = Field(default=None, ge=1, description="Evaluate the first N items")
 
 
 class DataSpec(_Model):
+    """The data a run reads: SFT examples and the prompts each iteration samples from."""
+
     sft: str | None = Field(
-        default=None, description="SFT chat data (JSON/JSONL); required unless model.sft is set"
+        default=None,
+        description="SFT chat data (JSON/JSONL: messages, instruction/output or prompt/response "
+        "records); required unless model.sft is set",
     )
     prompts: list[str] = Field(
         min_length=1,
-        description="Prompt set per iteration (t = 1..T); a single set is reused every iteration",
+        description="Prompt set per iteration (t = 1..T), each a URI of a JSON/JSONL file keyed "
+        "by id; a single set is reused every iteration",
     )
-    max_prompts: int | None = Field(default=None, ge=1, description="Use the first N prompts")
+    max_prompts: int | None = Field(default=None, ge=1,
+                                    description="Use the first N prompts of each set")
 
 
 class SamplingSpec(_Model):
+    """Step 1 of an iteration: M_t samples N responses per prompt."""
+
     # Not `n`: Kubernetes reads YAML 1.1, where a key `n` is the boolean false.
     responses_per_prompt: int = Field(
-        default=5, ge=2, le=64, description="N, the answers sampled per prompt")
-    temperature: float = Field(default=0.8, gt=0, le=5)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_tokens: int = Field(default=768, ge=1, le=32768)
-    backend: InferenceBackend = "vllm"
-    batch_size: int = Field(default=64, ge=1)
+        default=5, ge=2, le=64, description="N, the responses sampled per prompt")
+    temperature: float = Field(default=0.8, gt=0, le=5, description="Sampling temperature")
+    top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling threshold")
+    max_tokens: int = Field(default=768, ge=1, le=32768,
+                            description="Longest response, in tokens")
+    backend: InferenceBackend = Field(
+        default="vllm", description="vllm (GPU) or transformers (CPU or GPU)")
+    batch_size: int = Field(default=64, ge=1,
+                            description="Prompts per generation batch (transformers backend)")
 
 
 class ScoringSpec(_Model):
+    """Step 2: every model scores every response (summed log-probabilities)."""
+
     backend: InferenceBackend = Field(
         default="vllm",
-        description="Every score of an iteration comes from this one backend and precision",
+        description="vllm or transformers: every score of an iteration comes from this one "
+        "backend and precision",
     )
-    batch_size: int = Field(default=16, ge=1)
+    batch_size: int = Field(default=16, ge=1, description="Sequences per scoring batch")
 
 
 class ConsistencySpec(_Model):
-    method: RankMethod = "kendall"
+    """Step 3: how rankings of consecutive models are compared, and how that weights DPO."""
+
+    method: RankMethod = Field(
+        default="kendall",
+        description="kendall (Kendall's tau), spearman (Spearman's rho) or toporder (best and "
+        "worst agree)",
+    )
     strategy: Strategy = Field(
         default="avg",
         description="avg: every pair gets the mean consistency; dynamic: each pair its own; "
@@ -111,32 +144,54 @@ class ConsistencySpec(_Model):
 
 
 class TrainSpec(_Model):
-    epochs: int = Field(ge=1, le=100)
-    learning_rate: float = Field(gt=0, lt=1)
-    batch_size: int = Field(ge=1, le=4096)
-    gradient_accumulation: int = Field(default=1, ge=1, le=1024)
-    backend: TrainBackend = "deepspeed"
-    zero_stage: Literal[2, 3] = 3
+    """Training settings shared by sft and dpo."""
+
+    epochs: int = Field(ge=1, le=100, description="Passes over the training data")
+    learning_rate: float = Field(gt=0, lt=1, description="Constant learning rate (AdamW)")
+    batch_size: int = Field(ge=1, le=4096, description="Examples per micro-batch and process")
+    gradient_accumulation: int = Field(default=1, ge=1, le=1024,
+                                       description="Micro-batches per optimizer step")
+    backend: TrainBackend = Field(
+        default="deepspeed",
+        description="deepspeed (ZeRO, torchrun; several GPUs and nodes) or transformers (one "
+        "process)",
+    )
+    zero_stage: Literal[2, 3] = Field(default=3, description="DeepSpeed ZeRO stage: 2 or 3")
 
 
 class SftSpec(TrainSpec):
-    epochs: int = Field(default=5, ge=1, le=100)
-    learning_rate: float = Field(default=5e-6, gt=0, lt=1)
-    batch_size: int = Field(default=4, ge=1, le=4096)
+    """The sft stage: M0 -> M1 on data.sft, the loss on response tokens only."""
+
+    epochs: int = Field(default=5, ge=1, le=100, description="Passes over the training data")
+    learning_rate: float = Field(default=5e-6, gt=0, lt=1,
+                                 description="Constant learning rate (AdamW)")
+    batch_size: int = Field(default=4, ge=1, le=4096,
+                            description="Examples per micro-batch and process")
 
 
 class DpoSpec(TrainSpec):
-    epochs: int = Field(default=1, ge=1, le=100)
-    learning_rate: float = Field(default=1e-6, gt=0, lt=1)
-    batch_size: int = Field(default=4, ge=1, le=4096)
-    beta: float = Field(default=0.1, gt=0, le=10)
+    """Step 4: M_t -> M_{t+1} with the consistency-weighted DPO loss, reference M_t."""
+
+    epochs: int = Field(default=1, ge=1, le=100, description="Passes over the pairs")
+    learning_rate: float = Field(default=1e-6, gt=0, lt=1,
+                                 description="Constant learning rate (AdamW)")
+    batch_size: int = Field(default=4, ge=1, le=4096,
+                            description="Pairs per micro-batch and process")
+    beta: float = Field(default=0.1, gt=0, le=10,
+                        description="DPO's beta: the strength of the KL constraint")
 
 
 class EvaluationSpec(_Model):
-    tasks: list[EvalTaskSpec] = Field(default_factory=list)
-    max_tokens: int = Field(default=512, ge=1, le=32768)
-    backend: InferenceBackend = "vllm"
-    batch_size: int = Field(default=64, ge=1)
+    """Step 5: accuracy of each new model (and of M1, the baseline) on the tasks."""
+
+    tasks: list[EvalTaskSpec] = Field(default_factory=list,
+                                      description="Evaluation sets; none skips evaluation")
+    max_tokens: int = Field(default=512, ge=1, le=32768,
+                            description="Longest answer, in tokens (greedy decoding)")
+    backend: InferenceBackend = Field(default="vllm",
+                                      description="vllm (GPU) or transformers (CPU or GPU)")
+    batch_size: int = Field(default=64, ge=1,
+                            description="Items per generation batch (transformers backend)")
     baseline: bool = Field(default=True, description="Also evaluate M1, as iteration 0")
 
     @model_validator(mode="after")
@@ -149,6 +204,8 @@ class EvaluationSpec(_Model):
 
 
 class StorageSpec(_Model):
+    """Where the run's artifacts and checkpoints go."""
+
     uri: str = Field(
         default="",
         description="Artifact root, s3://bucket/prefix; empty uses the operator's default",
@@ -161,64 +218,109 @@ class StorageSpec(_Model):
 
 
 class StageResources(_Model):
-    gpus: int | None = Field(default=None, ge=0, le=64, description="nvidia.com/gpu per Pod")
-    cpu: Annotated[str, Field(pattern=QUANTITY)] | None = None
-    memory: Annotated[str, Field(pattern=QUANTITY)] | None = None
+    """What one stage's Pods get."""
+
+    gpus: int | None = Field(
+        default=None, ge=0, le=64,
+        description="nvidia.com/gpu per Pod; empty: the operator's default for GPU stages, 0 "
+        "for consistency",
+    )
+    cpu: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
+        default=None, description="CPU request, a Kubernetes quantity (e.g. 4, 500m)")
+    memory: Annotated[str, Field(pattern=QUANTITY)] | None = Field(
+        default=None, description="Memory request and limit, a Kubernetes quantity (e.g. 64Gi)")
     nodes: int | None = Field(
         default=None, ge=1, le=64,
         description="Pods for sft/dpo (an Indexed Job with torchrun rendezvous); 1 elsewhere",
     )
-    image: str | None = Field(default=None, description="Overrides the operator's stage image")
+    image: str | None = Field(default=None,
+                              description="This stage's image, over scheduling.image and the "
+                              "operator's stage image")
 
 
 class ResourcesSpec(_Model):
-    sft: StageResources = Field(default_factory=StageResources)
-    sample: StageResources = Field(default_factory=StageResources)
-    score: StageResources = Field(default_factory=StageResources)
-    consistency: StageResources = Field(default_factory=StageResources)
-    dpo: StageResources = Field(default_factory=StageResources)
-    evaluate: StageResources = Field(default_factory=StageResources)
+    """Per-stage Pod resources."""
+
+    sft: StageResources = Field(default_factory=StageResources,
+                                description="The sft stage's Pods")
+    sample: StageResources = Field(default_factory=StageResources,
+                                   description="The sample stage's Pods")
+    score: StageResources = Field(default_factory=StageResources,
+                                  description="Each score stage's Pods (one Job per model)")
+    consistency: StageResources = Field(default_factory=StageResources,
+                                        description="The consistency stage's Pods (CPU only)")
+    dpo: StageResources = Field(default_factory=StageResources,
+                                description="The dpo stage's Pods")
+    evaluate: StageResources = Field(default_factory=StageResources,
+                                     description="The evaluate stage's Pods")
 
 
 class Toleration(_Model):
-    key: str | None = None
-    operator: Literal["Exists", "Equal"] | None = None
-    value: str | None = None
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
-    toleration_seconds: int | None = None
+    """A Pod toleration (core/v1 Toleration)."""
+
+    key: str | None = Field(default=None, description="The taint key; empty with Exists "
+                            "matches every taint")
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)")
+    value: str | None = Field(default=None, description="The taint value, for Equal")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="The taint effect to match; empty matches all")
+    toleration_seconds: int | None = Field(
+        default=None, description="How long a NoExecute taint is tolerated")
 
 
 class SchedulingSpec(_Model):
+    """Where and how the stage Jobs run."""
+
     image: str | None = Field(default=None, description="Stage image for every stage")
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[Toleration] = Field(default_factory=list)
-    priority_class_name: str | None = None
-    service_account_name: str | None = None
+    node_selector: dict[str, str] = Field(default_factory=dict,
+                                          description="Node labels every stage Pod requires")
+    tolerations: list[Toleration] = Field(default_factory=list,
+                                          description="Tolerations of every stage Pod")
+    priority_class_name: str | None = Field(default=None,
+                                            description="PriorityClass of the stage Pods")
+    service_account_name: str | None = Field(default=None,
+                                             description="ServiceAccount of the stage Pods")
     queue_name: str | None = Field(
         default=None, description="Kueue LocalQueue: Jobs are created suspended for admission"
     )
-    backoff_limit: int = Field(default=2, ge=0, le=20, description="Retries of a failed stage")
-    active_deadline_seconds: int | None = Field(default=None, ge=60)
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    backoff_limit: int = Field(default=2, ge=0, le=20,
+                               description="Retries of a crashed stage (bad input is not "
+                               "retried)")
+    active_deadline_seconds: int | None = Field(
+        default=None, ge=60, description="A stage's Job fails after this many seconds")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None, ge=0, description="Finished Jobs are deleted after this many seconds "
+        "(their results stay in the status)")
 
 
 class CreamRunSpec(_Model):
     """What a user asks for: T iterations of CREAM from a base model."""
 
-    model: ModelSpec
-    data: DataSpec
-    iterations: int = Field(default=3, ge=1, le=20)
-    seed: int = Field(default=42, ge=0)
-    sampling: SamplingSpec = Field(default_factory=SamplingSpec)
-    scoring: ScoringSpec = Field(default_factory=ScoringSpec)
-    consistency: ConsistencySpec = Field(default_factory=ConsistencySpec)
-    sft: SftSpec = Field(default_factory=SftSpec)
-    dpo: DpoSpec = Field(default_factory=DpoSpec)
-    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    storage: StorageSpec = Field(default_factory=StorageSpec)
-    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
-    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
-    suspend: bool = Field(default=False, description="Pause before the next stage")
+    model: ModelSpec = Field(description="M0 and optionally M1 (immutable)")
+    data: DataSpec = Field(description="SFT data and prompt sets")
+    iterations: int = Field(default=3, ge=1, le=20,
+                            description="T, the number of CREAM iterations")
+    seed: int = Field(default=42, ge=0,
+                      description="Every stage is deterministic given its request and seed")
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec,
+                                   description="Step 1: sampling responses")
+    scoring: ScoringSpec = Field(default_factory=ScoringSpec,
+                                 description="Step 2: scoring them under each model")
+    consistency: ConsistencySpec = Field(default_factory=ConsistencySpec,
+                                         description="Step 3: ranking consistency and pairs")
+    sft: SftSpec = Field(default_factory=SftSpec, description="Training M1 from M0")
+    dpo: DpoSpec = Field(default_factory=DpoSpec, description="Step 4: DPO training")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
+                                       description="Step 5: accuracy per task")
+    storage: StorageSpec = Field(default_factory=StorageSpec,
+                                 description="Artifact storage (immutable)")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
+                                     description="Per-stage Pod resources")
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec,
+                                       description="Images, placement, queueing and retries")
+    suspend: bool = Field(default=False, description="Pause before the next stage; running "
+                          "stages finish")
     cleanup_policy: Literal["Retain", "Delete"] = Field(
         default="Retain", description="Delete removes the run's artifacts with the CreamRun"
     )
@@ -245,23 +347,29 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(_Model):
-    """metav1.Condition."""
+    """A metav1.Condition: Progressing, Suspended, Succeeded and Failed are always present."""
 
-    type: str
-    status: Literal["True", "False", "Unknown"]
-    reason: str
-    message: str = ""
-    last_transition_time: str
-    observed_generation: int | None = None
+    type: str = Field(description="Progressing, Suspended, Succeeded or Failed")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown")
+    reason: str = Field(description="Why, in one CamelCase word")
+    message: str = Field(default="", description="Why, for people")
+    last_transition_time: str = Field(description="When status last changed (RFC 3339)")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation the condition was set for")
 
 
 class IterationResult(_Model):
-    iteration: int = Field(ge=0, description="0 is the SFT baseline (M1)")
-    consistency_rate: float | None = None
-    pairs: int | None = None
-    dropped: int | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict)
-    model_uri: str | None = None
+    """What one iteration achieved."""
+
+    iteration: int = Field(ge=0, description="t; 0 is the SFT baseline (M1)")
+    consistency_rate: float | None = Field(
+        default=None, description="Mean consistency C over the kept prompts, in [0, 1]")
+    pairs: int | None = Field(default=None, description="Preference pairs DPO trained on")
+    dropped: int | None = Field(default=None,
+                                description="Prompts dropped because their rewards all tie")
+    accuracy: dict[str, float] = Field(
+        default_factory=dict, description="Accuracy per task of the model this iteration made")
+    model_uri: str | None = Field(default=None, description="Where that model is")
 
 
 StepPhase = Literal["Running", "Succeeded", "Failed"]
@@ -270,39 +378,54 @@ StepPhase = Literal["Running", "Succeeded", "Failed"]
 class StepMetrics(_Model):
     """The parts of a stage's manifest metrics that the run's results are made of."""
 
-    consistency_rate: float | None = None
-    pairs: int | None = None
-    dropped: int | None = None
-    accuracy: dict[str, float] = Field(default_factory=dict)
+    consistency_rate: float | None = Field(default=None, description="consistency's mean C")
+    pairs: int | None = Field(default=None, description="consistency's pairs")
+    dropped: int | None = Field(default=None, description="consistency's dropped prompts")
+    accuracy: dict[str, float] = Field(default_factory=dict,
+                                       description="evaluate's accuracy per task")
 
 
 class StepStatus(_Model):
     """One started stage: its Job, its outcome and its metrics (kept after the Job is gone)."""
 
-    key: str
-    stage: str
-    iteration: int
-    phase: StepPhase
-    job: str
-    start_time: str | None = None
-    completion_time: str | None = None
-    message: str | None = None
-    metrics: StepMetrics | None = None
+    key: str = Field(description="The step's key in the run's plan, e.g. iter-1/score-m0")
+    stage: str = Field(description="The stage it runs")
+    iteration: int = Field(description="The iteration it belongs to")
+    phase: StepPhase = Field(description="Running, Succeeded or Failed")
+    job: str = Field(description="The name of its Job")
+    start_time: str | None = Field(default=None, description="When it started (RFC 3339)")
+    completion_time: str | None = Field(default=None,
+                                        description="When it finished (RFC 3339)")
+    message: str | None = Field(default=None, description="Why it failed")
+    metrics: StepMetrics | None = Field(default=None,
+                                        description="Its metrics, from its termination message")
 
 
 class CreamRunStatus(_Model):
-    phase: Phase | None = None
-    iteration: int | None = None
-    stage: str | None = None
-    consistency_rate: float | None = Field(default=None, description="Of the latest iteration")
-    message: str | None = None
+    """The run's progress, observed by the operator; a restarted operator resumes from it."""
+
+    phase: Phase | None = Field(default=None,
+                                description="Pending, Running, Succeeded, Failed or Suspended")
+    iteration: int | None = Field(default=None,
+                                  description="The iteration of the first unfinished stage")
+    stage: str | None = Field(default=None, description="The first unfinished stage")
+    consistency_rate: float | None = Field(
+        default=None, description="Consistency rate of the latest iteration (3 decimals)")
+    accuracy: float | None = Field(
+        default=None,
+        description="Mean accuracy over the tasks of the latest evaluated model (3 decimals)")
+    message: str | None = Field(default=None, description="What is happening, for people")
     artifacts: str | None = Field(default=None, description="The run's artifact root")
-    start_time: str | None = None
-    completion_time: str | None = None
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    results: list[IterationResult] = Field(default_factory=list)
-    steps: list[StepStatus] = Field(default_factory=list)
+    start_time: str | None = Field(default=None, description="When the run started")
+    completion_time: str | None = Field(default=None,
+                                        description="When it succeeded or failed")
+    observed_generation: int | None = Field(
+        default=None, description="The spec generation this status was decided on")
+    conditions: list[Condition] = Field(default_factory=list, description="The run's conditions")
+    results: list[IterationResult] = Field(default_factory=list,
+                                           description="One row per iteration, 0 first")
+    steps: list[StepStatus] = Field(default_factory=list,
+                                    description="Every stage started, in plan order")
 
 
 class CreamRun(_Model):

@@ -48,8 +48,8 @@ def input_problems(run: CreamRun) -> list[str]:
     """Inputs that cannot be read from here: local paths and builtin:// URIs that do not exist.
 
     S3 and hub URIs are left to the stages (checking them needs credentials and a network)."""
-    from cream_stages.data import resolve_data_uri  # noqa: PLC0415
     from cream_stages.contract import StageInputError  # noqa: PLC0415
+    from cream_stages.data import resolve_data_uri  # noqa: PLC0415
     from cream_stages.models import validate_model_uri  # noqa: PLC0415
 
     spec = run.spec

@@ -55,7 +55,36 @@ def test_printer_columns_read_status_fields():
     cols = {c["name"]: c["jsonPath"] for c in crd.PRINTER_COLUMNS}
     assert cols == {"Phase": ".status.phase", "Iteration": ".status.iteration",
                     "Stage": ".status.stage", "Consistency": ".status.consistencyRate",
-                    "Age": ".metadata.creationTimestamp"}
+                    "Accuracy": ".status.accuracy", "Model": ".spec.model.base",
+                    "Message": ".status.message", "Age": ".metadata.creationTimestamp"}
+    wide = {c["name"] for c in crd.PRINTER_COLUMNS if c.get("priority") == 1}
+    assert wide == {"Accuracy", "Model", "Message"}, "-o wide adds these; the default shows five"
+
+
+def _undescribed(node, path):
+    """Paths of properties without a description (what `kubectl explain` would show blank)."""
+    if not node.get("description"):
+        yield path
+    for name, child in node.get("properties", {}).items():
+        yield from _undescribed(child, f"{path}.{name}")
+    for key in ("items", "additionalProperties"):
+        child = node.get(key)
+        if isinstance(child, dict) and "properties" in child:  # objects in lists and maps
+            yield from _undescribed(child, f"{path}[]")
+
+
+def test_every_spec_and_status_field_is_described():
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    missing = [p for part in ("spec", "status")
+               for p in _undescribed(schema["properties"][part], part)]
+    assert missing == [], "describe these fields in operator/cream_operator/spec.py"
+
+
+def test_the_description_check_sees_a_missing_one():
+    node = {"description": "x", "properties": {"a": {"description": "y"}, "b": {},
+                                               "c": {"items": {"properties": {"d": {}}},
+                                                     "description": "z"}}}
+    assert list(_undescribed(node, "n")) == ["n.b", "n.c[]", "n.c[].d"]
 
 
 def _as_jsonschema(node):
