@@ -166,7 +166,10 @@ def test_tiny_run_succeeds_through_an_operator_restart(
         acc = manifests[f"iter-{t}/evaluate"]["metrics"]["accuracy"]
         assert results[t]["accuracy"] == pytest.approx(acc)
         assert set(acc) == {"arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k"}
-    assert status["consistencyRate"] == pytest.approx(results[2]["consistencyRate"])
+    # The status' own figures are rounded for `kubectl get`; the results keep full precision.
+    assert status["consistencyRate"] == round(results[2]["consistencyRate"], 3)
+    latest = results[2]["accuracy"]
+    assert status["accuracy"] == round(sum(latest.values()) / len(latest), 3)
 
     text = operator.metrics_text()
     for t in (1, 2):
@@ -189,6 +192,12 @@ def test_tiny_run_succeeds_through_an_operator_restart(
     header, row = table.splitlines()[:2]
     assert header.split() == ["NAME", "PHASE", "ITERATION", "STAGE", "CONSISTENCY", "AGE"]
     assert row.split()[:3] == ["tiny", "Succeeded", "2"]
+    assert row.split()[3] == str(status["consistencyRate"])  # no stage left: a blank STAGE
+    wide = kubectl("get", "creamruns", "-n", namespace, "-o", "wide").stdout
+    header, row = wide.splitlines()[:2]
+    assert header.split()[:9] == ["NAME", "PHASE", "ITERATION", "STAGE", "CONSISTENCY",
+                                  "ACCURACY", "MODEL", "MESSAGE", "AGE"]
+    assert str(status["accuracy"]) in row.split() and "builtin://tiny-llama" in row.split()
 
     # Events tell the story of each stage (posted right after the status patch that they tell).
     def reasons():
