@@ -48,6 +48,7 @@ _KEEP = {
     "type", "description", "default", "enum", "minimum", "maximum", "pattern", "minLength",
     "maxLength", "minItems", "maxItems", "items", "properties", "required",
     "additionalProperties", "format",
+    "x-kubernetes-validations",  # CEL rules a model declares in its json_schema_extra
 }
 
 

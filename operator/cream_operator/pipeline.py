@@ -69,7 +69,8 @@ def plan(spec: CreamRunSpec, root: str) -> list[Step]:
     """Every step of the run in execution order; `root` is the run's artifact root URI."""
     steps: list[Step] = []
     tasks = [
-        c.EvalTask(name=t.name, uri=t.uri, format=t.format, limit=t.limit)
+        c.EvalTask(name=t.name, uri=t.uri, format=t.format, limit=t.limit, metric=t.metric,
+                   fewshot=t.fewshot)
         for t in spec.evaluation.tasks
     ]
     precision = spec.model.precision

@@ -37,6 +37,7 @@ SHORT_NAMES = ["cream"]
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"
+LM_EVAL_METRIC = r"^[A-Za-z0-9_]+(,[A-Za-z0-9_-]+)?$"
 
 
 class _Model(BaseModel):
@@ -79,9 +80,29 @@ class EvalTaskSpec(_Model):
     uri: str = Field(min_length=1, description="The items: s3://..., a local file, or "
                      "builtin://data/<file>; JSON or JSONL")
     format: TaskFormat = Field(
-        description="multiple_choice (ARC, OpenBookQA, SIQA shapes: each item's own labels) or "
-        "gsm8k (question, answer ending '#### <number>')")
+        description="multiple_choice (ARC, OpenBookQA, SIQA shapes: each item's own labels), "
+        "gsm8k (question, answer ending '#### <number>'), or lm_eval (run by EleutherAI's "
+        "lm-evaluation-harness: uri is lm-eval://<task> for a task it knows by name, or the URI "
+        "of a task YAML whose data files may be s3://, builtin:// or relative paths)")
     limit: int | None = Field(default=None, ge=1, description="Evaluate the first N items")
+    metric: Annotated[str, Field(pattern=LM_EVAL_METRIC, max_length=100)] | None = Field(
+        default=None,
+        description="lm_eval only: the result reported as the task's accuracy, lm-eval's "
+        "metric[,filter] (default acc; e.g. exact_match,strict-match)")
+    fewshot: int | None = Field(default=None, ge=0, le=64,
+                                description="lm_eval only: few-shot examples (default: the "
+                                "task's own)")
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "self.format == 'lm_eval' || (!has(self.metric) && !has(self.fewshot))",
+        "message": "metric and fewshot apply to format lm_eval only",
+    }]})
+
+    @model_validator(mode="after")
+    def _lm_eval_fields(self):
+        if self.format != "lm_eval" and (self.metric is not None or self.fewshot is not None):
+            raise ValueError("metric and fewshot apply to format lm_eval only")
+        return self
 
 
 class DataSpec(_Model):

@@ -48,7 +48,7 @@ def input_problems(run: CreamRun) -> list[str]:
     """Inputs that cannot be read from here: local paths and builtin:// URIs that do not exist.
 
     S3 and hub URIs are left to the stages (checking them needs credentials and a network)."""
-    from cream_stages.contract import StageInputError  # noqa: PLC0415
+    from cream_stages.contract import LM_EVAL_SCHEME, StageInputError  # noqa: PLC0415
     from cream_stages.data import resolve_data_uri  # noqa: PLC0415
     from cream_stages.models import validate_model_uri  # noqa: PLC0415
 
@@ -66,8 +66,8 @@ def input_problems(run: CreamRun) -> list[str]:
             except StageInputError as exc:
                 problems.append(f"{field}: {exc}")
     for field, uri in data.items():
-        if not uri or uri.startswith("s3://"):
-            continue
+        if not uri or uri.startswith(("s3://", LM_EVAL_SCHEME)):
+            continue  # S3 needs credentials; lm-eval resolves its own task names
         try:
             if not Path(resolve_data_uri(uri)).is_file():
                 problems.append(f"{field}: {uri}: no such file")

@@ -37,7 +37,7 @@ InferenceBackend = Literal["transformers", "vllm"]
 TrainBackend = Literal["transformers", "deepspeed"]
 RankMethod = Literal["kendall", "spearman", "toporder"]
 Strategy = Literal["avg", "dynamic", "none"]
-TaskFormat = Literal["multiple_choice", "gsm8k"]
+TaskFormat = Literal["multiple_choice", "gsm8k", "lm_eval"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -146,6 +146,9 @@ class DpoRequest(_Request):
     train: TrainParams
 
 
+LM_EVAL_SCHEME = "lm-eval://"  # a task lm-evaluation-harness knows by name
+
+
 class EvalTask(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -153,6 +156,16 @@ class EvalTask(BaseModel):
     uri: str
     format: TaskFormat
     limit: int | None = Field(default=None, ge=1)
+    # lm_eval only: which of lm-eval's results is the task's accuracy, and few-shot examples.
+    metric: str | None = None
+    fewshot: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _lm_eval_fields(self):
+        if self.format != "lm_eval" and (self.metric is not None or self.fewshot is not None):
+            raise ValueError(f"task {self.name}: 'metric' and 'fewshot' apply to format "
+                             "lm_eval only")
+        return self
 
 
 class EvaluateRequest(_Request):

@@ -36,6 +36,12 @@ class TransformersEngine:
         return score_encodings(self.model, list(encodings), self.tokenizer.pad_token_id,
                                batch_size, self.model.device, desc=desc)
 
+    def lm_eval_model(self, batch_size: int):
+        from lm_eval.models.huggingface import HFLM  # noqa: PLC0415 - only when asked
+
+        # The loaded model itself: lm-eval evaluates exactly what the other tasks see.
+        return HFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size)
+
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[str], *, n: int = 1, sample: bool,

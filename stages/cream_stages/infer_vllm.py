@@ -119,6 +119,13 @@ class VllmEngine:
                                        use_tqdm=True)
         return [[c.text for c in out.outputs] for out in outputs]
 
+    def lm_eval_model(self, batch_size: int):
+        """lm-eval's own vLLM wrapper of the same checkpoint (it starts its own engine)."""
+        from lm_eval.models.vllm_causallms import VLLM  # noqa: PLC0415
+
+        return VLLM(pretrained=self.path, dtype=self.precision, seed=self.seed,
+                    batch_size="auto")
+
     def score(self, encodings: Sequence[Encoded], *, max_length: int, batch_size: int,
               desc: str = "score") -> list[float]:
         """s_M of each encoding, chunked to at most batch_size * max_length tokens per call."""

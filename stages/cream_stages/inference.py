@@ -31,6 +31,10 @@ class Engine(Protocol):
         """s_M of each tokenised conversation (tokenization.Encoded), in input order."""
         ...
 
+    def lm_eval_model(self, batch_size: int) -> Any:
+        """The same model as an lm-evaluation-harness LM (lm_harness.py)."""
+        ...
+
 
 def open_engine(backend: InferenceBackend, model: str, precision: str, seed: int) -> Engine:
     """The engine of `backend` for the model URI `model` (resolved and loaded here)."""
