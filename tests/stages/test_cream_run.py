@@ -23,7 +23,9 @@ def test_cream_run_end_to_end_then_a_rerun_does_nothing(tmp_path):
     doc = yaml.safe_load((ROOT / "examples/tiny.yaml").read_text())
     # One iteration keeps this test short; make demo runs the two of the example.
     doc["spec"]["iterations"] = 1
-    doc["spec"]["evaluation"]["tasks"] = doc["spec"]["evaluation"]["tasks"][:2]
+    tasks = doc["spec"]["evaluation"]["tasks"]
+    # Two of ours and the one through lm-evaluation-harness.
+    doc["spec"]["evaluation"]["tasks"] = tasks[:2] + [t for t in tasks if t["format"] == "lm_eval"]
     spec_file = tmp_path / "run.yaml"
     spec_file.write_text(yaml.safe_dump(doc))
     out = tmp_path / "out"
@@ -33,7 +35,9 @@ def test_cream_run_end_to_end_then_a_rerun_does_nothing(tmp_path):
     results = json.loads((out / "results.json").read_text())
     rows = {r["iteration"]: r for r in results["iterations"]}
     assert sorted(rows) == [0, 1]
-    assert set(rows[0]["accuracy"]) == {"arc_easy", "arc_challenge"}
+    assert set(rows[0]["accuracy"]) == {"arc_easy", "arc_challenge", "lm_arc_easy"}
+    lm = json.loads((out / "iter-1/evaluate/lm_eval.json").read_text())["lm_arc_easy"]
+    assert rows[1]["accuracy"]["lm_arc_easy"] == lm["acc,none"]
     assert 0.0 <= rows[1]["consistency_rate"] <= 1.0
     assert rows[1]["pairs"] + rows[1]["dropped"] == 16  # the prompts of prompts-1.jsonl
     assert rows[1]["model_uri"] == str(out / "models" / "M2")
