@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 
-from .jobs import ANNOTATION_STEP
+from .jobs import ANNOTATION_STEP, KUEUE_QUEUE
 from .reconcile import JobView
 from .spec import StepMetrics
 
@@ -82,6 +82,7 @@ def job_view(job: dict, pods: list[dict]) -> JobView:
         name=meta["name"],
         key=(meta.get("annotations") or {}).get(ANNOTATION_STEP, ""),
         state=state,
+        queue=(meta.get("labels") or {}).get(KUEUE_QUEUE),
         start_time=status.get("startTime"),
         completion_time=status.get("completionTime")
         or ((_condition(job, "Failed") or {}).get("lastTransitionTime")),

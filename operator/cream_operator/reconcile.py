@@ -31,6 +31,9 @@ class JobView:
     name: str
     key: str  # the step key, from the Job's annotation
     state: JobState
+    # A queued Job is created suspended and runs once its Kueue LocalQueue admits it (the Job
+    # controller then sets its startTime): "suspended" means waiting for admission.
+    queue: str | None = None
     start_time: str | None = None
     completion_time: str | None = None
     message: str | None = None  # why it failed (the stage's termination message when it left one)
@@ -69,6 +72,12 @@ def _seconds(start: str | None, end: str | None) -> float:
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
+def waiting_message(queue: str | None) -> str:
+    if queue:
+        return f"waiting for admission by Kueue LocalQueue {queue}"
+    return "waiting for its suspended Job to be resumed"
+
+
 def set_condition(conditions: list[Condition], type_: str, status: bool, reason: str,
                   message: str, now: str, generation: int | None) -> list[Condition]:
     """Upsert a metav1.Condition; its lastTransitionTime moves only when its status does."""
@@ -86,8 +95,10 @@ def _conditions(prev: list[Condition], phase: str, reason: str, message: str, no
     conds = list(prev)
     for type_, active in (("Progressing", phase == "Running"), ("Suspended", phase == "Suspended"),
                           ("Succeeded", phase == "Succeeded"), ("Failed", phase == "Failed")):
-        conds = set_condition(conds, type_, active, reason if active else phase,
-                              message if active else "", now, generation)
+        # A run whose stages all wait for admission is not progressing: say why.
+        says_why = active or (type_ == "Progressing" and phase == "Pending")
+        conds = set_condition(conds, type_, active, reason if says_why else phase,
+                              message if says_why else "", now, generation)
     return conds
 
 
@@ -101,6 +112,21 @@ def _finish(prev: CreamRunStatus, generation: int | None, now: str, phase: str, 
         "conditions": _conditions(prev.conditions, phase, reason, message, now, generation),
         **fields,
     })
+
+
+def _in_flight(steps) -> tuple[str, str, str]:
+    """Phase, reason and message of a run with stages started: Pending while every one of them
+    waits for admission, Running as soon as one runs."""
+    running = sorted(s.key for s in steps if s.phase == "Running")
+    waiting = [s for s in steps if s.phase == "Pending"]
+    waits = "; ".join(f"{s.key} {s.message or waiting_message(None)}"
+                      for s in sorted(waiting, key=lambda s: s.key))
+    if running:
+        return "Running", "StagesRunning", \
+            f"running {', '.join(running)}" + (f"; {waits}" if waits else "")
+    if waiting:
+        return "Pending", "WaitingForAdmission", waits
+    return "Running", "StagesRunning", "running "
 
 
 def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> Decision:
@@ -130,14 +156,17 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
     for key, job in observed.items():
         old = status_steps.get(key)
         stage = by_key[key].stage
+        # A queued Job's startTime is when it was admitted (the Job controller sets it on resume).
+        admitted = (old.admission_time if old else None) or (job.start_time if job.queue else None)
         if job.state == "succeeded":
             if old is None or old.phase != "Succeeded":
                 start = (old.start_time if old else None) or job.start_time or now
                 end = job.completion_time or now
                 status_steps[key] = StepStatus(
                     key=key, stage=stage, iteration=by_key[key].iteration, phase="Succeeded",
-                    job=job.name, start_time=start, completion_time=end, metrics=job.metrics)
-                seconds = _seconds(start, end)
+                    job=job.name, start_time=start, admission_time=admitted, completion_time=end,
+                    metrics=job.metrics)
+                seconds = _seconds(admitted or start, end)  # the stage's run, not its queueing
                 decision.finished.append((stage, seconds))
                 decision.events.append(Event("Normal", "StageSucceeded",
                                              f"{key} succeeded in {seconds:.0f}s ({job.name})"))
@@ -151,23 +180,39 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                 status_steps[key] = StepStatus(
                     key=key, stage=stage, iteration=by_key[key].iteration, phase="Failed",
                     job=job.name, start_time=(old.start_time if old else job.start_time),
-                    completion_time=job.completion_time or now, message=job.message)
+                    admission_time=admitted, completion_time=job.completion_time or now,
+                    message=job.message)
                 decision.failed.append(stage)
                 decision.events.append(Event("Warning", "StageFailed",
                                              f"{key} failed: {job.message or 'no message'}"))
-        elif old is None:
+        elif job.state == "suspended":
+            if old is None or old.phase != "Pending":  # new to us, or suspended again (evicted)
+                status_steps[key] = StepStatus(
+                    key=key, stage=stage, iteration=by_key[key].iteration, phase="Pending",
+                    job=job.name, start_time=(old.start_time if old else None) or now,
+                    message=waiting_message(job.queue))
+                decision.events.append(Event("Normal", "WaitingForAdmission",
+                                             f"{key} is {waiting_message(job.queue)} ({job.name})"))
+        elif old is None or old.phase == "Pending":
+            admitted = (job.start_time or now) if job.queue else None
             status_steps[key] = StepStatus(
                 key=key, stage=stage, iteration=by_key[key].iteration, phase="Running",
-                job=job.name, start_time=job.start_time or now)
+                job=job.name, start_time=(old.start_time if old else None) or job.start_time or now,
+                admission_time=admitted)
+            if old is not None:
+                waited = _seconds(old.start_time, admitted)
+                decision.events.append(Event(
+                    "Normal", "StageAdmitted",
+                    f"{key} admitted after {waited:.0f}s waiting; running ({job.name})"))
 
     # A step recorded as running or failed whose Job is gone (deleted by hand) starts again:
     # its stage is a no-op if it had committed its manifest.
     for key in [k for k, s in status_steps.items() if s.phase != "Succeeded" and k not in observed]:
-        if status_steps[key].phase == "Running" or retry:
+        if status_steps[key].phase in ("Running", "Pending") or retry:
             del status_steps[key]
 
     done = {k for k, s in status_steps.items() if s.phase == "Succeeded"}
-    running = {k for k, s in status_steps.items() if s.phase == "Running"}
+    running = {k for k, s in status_steps.items() if s.phase in ("Running", "Pending")}
     failed = [s for s in status_steps.values() if s.phase == "Failed"]
 
     metrics = {k: s.metrics.model_dump() for k, s in status_steps.items()
@@ -190,16 +235,23 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         message = ("suspended before the next stage" if not running else
                    f"suspending: waiting for {', '.join(sorted(running))} to finish")
     else:
-        phase, reason = "Running", "StagesRunning"
+        queue = spec.scheduling.queue_name
         for step in pipeline.runnable(steps, done, running):
             name = job_name(meta["name"], meta["uid"], step)
             decision.create.append(step)
-            status_steps[step.key] = StepStatus(
-                key=step.key, stage=step.stage, iteration=step.iteration, phase="Running",
-                job=name, start_time=now)
-            decision.events.append(Event("Normal", "StageStarted", f"{step.key} started ({name})"))
-        running = {k for k, s in status_steps.items() if s.phase == "Running"}
-        message = f"running {', '.join(sorted(running))}"
+            if queue:  # created suspended: it runs when Kueue admits it
+                status_steps[step.key] = StepStatus(
+                    key=step.key, stage=step.stage, iteration=step.iteration, phase="Pending",
+                    job=name, start_time=now, message=waiting_message(queue))
+                decision.events.append(Event("Normal", "WaitingForAdmission",
+                                             f"{step.key} is {waiting_message(queue)} ({name})"))
+            else:
+                status_steps[step.key] = StepStatus(
+                    key=step.key, stage=step.stage, iteration=step.iteration, phase="Running",
+                    job=name, start_time=now)
+                decision.events.append(Event("Normal", "StageStarted",
+                                             f"{step.key} started ({name})"))
+        phase, reason, message = _in_flight(status_steps.values())
 
     ordered = [status_steps[s.key] for s in steps if s.key in status_steps]
     if phase in ("Succeeded", "Failed"):

@@ -393,7 +393,8 @@ class IterationResult(_Model):
     model_uri: str | None = Field(default=None, description="Where that model is")
 
 
-StepPhase = Literal["Running", "Succeeded", "Failed"]
+# Pending: the stage's Job exists but is suspended, waiting for admission by its Kueue queue.
+StepPhase = Literal["Pending", "Running", "Succeeded", "Failed"]
 
 
 class StepMetrics(_Model):
@@ -412,12 +413,16 @@ class StepStatus(_Model):
     key: str = Field(description="The step's key in the run's plan, e.g. iter-1/score-m0")
     stage: str = Field(description="The stage it runs")
     iteration: int = Field(description="The iteration it belongs to")
-    phase: StepPhase = Field(description="Running, Succeeded or Failed")
+    phase: StepPhase = Field(description="Pending (its Job waits for admission by its Kueue "
+                             "queue), Running, Succeeded or Failed")
     job: str = Field(description="The name of its Job")
-    start_time: str | None = Field(default=None, description="When it started (RFC 3339)")
+    start_time: str | None = Field(default=None,
+                                   description="When it started: its Job was created (RFC 3339)")
+    admission_time: str | None = Field(
+        default=None, description="When its Kueue queue admitted the Job (RFC 3339; queued stages)")
     completion_time: str | None = Field(default=None,
                                         description="When it finished (RFC 3339)")
-    message: str | None = Field(default=None, description="Why it failed")
+    message: str | None = Field(default=None, description="Why it failed, or what it waits for")
     metrics: StepMetrics | None = Field(default=None,
                                         description="Its metrics, from its termination message")
 

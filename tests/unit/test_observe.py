@@ -50,3 +50,11 @@ def test_a_failed_stage_reports_its_own_words_from_the_newest_pod():
     # Without a termination message, the Job controller's reason.
     view = job_view(_job([failed]), [])
     assert view.message.startswith("BackoffLimitExceeded: Job has reached")
+
+
+def test_a_queued_job_names_its_queue():
+    job = _job(suspend=True)
+    job["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu"}
+    view = job_view(job, [])
+    assert (view.state, view.queue) == ("suspended", "gpu")
+    assert job_view(_job(active=1), []).queue is None

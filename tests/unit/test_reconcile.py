@@ -206,3 +206,102 @@ def test_parse_metrics_of_a_termination_message():
     assert parse_metrics(msg) == StepMetrics(consistency_rate=0.6, pairs=3, dropped=0)
     assert parse_metrics("Traceback (most recent call last)") is None
     assert parse_metrics(None) is None
+
+
+# --- a Kueue queue: Jobs are created suspended and run once admitted ---------------------------
+
+ADMITTED = "2026-11-23T10:02:00+00:00"
+QUEUED = {"queueName": "gpu"}
+
+
+def _dump(decision) -> dict:
+    return decision.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def test_a_queued_stage_waits_for_admission_then_runs():
+    created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
+    assert [s.key for s in created.create] == ["iter-0/sft"]
+    step = created.status.steps[0]
+    assert step.phase == "Pending" and step.admission_time is None
+    assert step.message == "waiting for admission by Kueue LocalQueue gpu"
+    assert [e.reason for e in created.events] == ["WaitingForAdmission"]
+    assert created.events[0].message.startswith(
+        "iter-0/sft is waiting for admission by Kueue LocalQueue gpu (tiny-")
+    # Nothing of the run runs: it is Pending and says why, never "running".
+    assert created.status.phase == "Pending"
+    assert created.status.message == "iter-0/sft waiting for admission by Kueue LocalQueue gpu"
+    prog = {c.type: c for c in created.status.conditions}["Progressing"]
+    assert (prog.status, prog.reason) == ("False", "WaitingForAdmission")
+
+    suspended = JobView(name=step.job, key="iter-0/sft", state="suspended", queue="gpu")
+    still = decide(_run(status=_dump(created), scheduling=QUEUED), [suspended], LATER, CONFIG)
+    assert still.create == [] and still.events == []
+    assert still.status.steps == created.status.steps and still.status.phase == "Pending"
+
+    # Kueue clears suspend; the Job controller sets startTime: that is the admission time.
+    active = JobView(name=step.job, key="iter-0/sft", state="active", queue="gpu",
+                     start_time=ADMITTED)
+    running = decide(_run(status=_dump(still), scheduling=QUEUED), [active], LATER, CONFIG)
+    step = running.status.steps[0]
+    assert (step.phase, step.start_time, step.admission_time) == ("Running", NOW, ADMITTED)
+    assert step.message is None
+    assert running.status.phase == "Running" and running.status.message == "running iter-0/sft"
+    assert [e.reason for e in running.events] == ["StageAdmitted"]
+    assert "admitted after 120s waiting" in running.events[0].message
+
+    # Its duration is its run from admission, not its time in the queue.
+    done = JobView(name=step.job, key="iter-0/sft", state="succeeded", queue="gpu",
+                   start_time=ADMITTED, completion_time=LATER)
+    finished = decide(_run(status=_dump(running), scheduling=QUEUED), [done], LATER, CONFIG)
+    assert finished.finished == [("sft", 180.0)]
+    assert finished.status.steps[0].admission_time == ADMITTED
+    assert all(s.phase == "Pending" for s in finished.status.steps[1:])
+
+
+def test_a_stage_admitted_and_finished_between_two_reconciles_keeps_its_admission_time():
+    created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
+    done = JobView(name=created.status.steps[0].job, key="iter-0/sft", state="succeeded",
+                   queue="gpu", start_time=ADMITTED, completion_time=LATER)
+    d = decide(_run(status=_dump(created), scheduling=QUEUED), [done], LATER, CONFIG)
+    assert d.status.steps[0].admission_time == ADMITTED and d.finished == [("sft", 180.0)]
+
+
+def test_one_stage_running_and_one_waiting_are_told_apart():
+    done = ["iter-0/sft", "iter-0/evaluate", "iter-1/sample"]
+    steps = [{"key": k, "stage": k.split("/")[1], "iteration": int(k[5]), "phase": "Succeeded",
+              "job": f"j{i}", "metrics": {}} for i, k in enumerate(done)]
+    d = decide(_run(status={"phase": "Running", "steps": steps}, scheduling=QUEUED), [], NOW,
+               CONFIG)
+    names = {s.key: s.job for s in d.status.steps}
+    jobs = [JobView(name=names["iter-1/score-m0"], key="iter-1/score-m0", state="active",
+                    queue="gpu", start_time=ADMITTED),
+            JobView(name=names["iter-1/score-m1"], key="iter-1/score-m1", state="suspended",
+                    queue="gpu")]
+    d = decide(_run(status=_dump(d), scheduling=QUEUED), jobs, LATER, CONFIG)
+    assert d.status.phase == "Running"
+    assert d.status.message == ("running iter-1/score-m0; iter-1/score-m1 waiting for admission "
+                                "by Kueue LocalQueue gpu")
+    phases = {s.key: s.phase for s in d.status.steps}
+    assert phases["iter-1/score-m0"] == "Running" and phases["iter-1/score-m1"] == "Pending"
+    assert d.create == []  # a waiting stage is in flight: never created twice
+
+
+def test_a_running_stage_suspended_again_waits_for_admission_again():
+    created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
+    name = created.status.steps[0].job
+    active = JobView(name=name, key="iter-0/sft", state="active", queue="gpu",
+                     start_time=ADMITTED)
+    running = decide(_run(status=_dump(created), scheduling=QUEUED), [active], LATER, CONFIG)
+    # Kueue evicts it (preemption): the Job is suspended and its Pods go.
+    evicted = JobView(name=name, key="iter-0/sft", state="suspended", queue="gpu")
+    d = decide(_run(status=_dump(running), scheduling=QUEUED), [evicted], LATER, CONFIG)
+    step = d.status.steps[0]
+    assert (step.phase, step.admission_time, step.start_time) == ("Pending", None, NOW)
+    assert [e.reason for e in d.events] == ["WaitingForAdmission"]
+    assert d.status.phase == "Pending" and d.create == []
+
+
+def test_a_waiting_stage_whose_job_is_gone_is_created_again():
+    created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
+    d = decide(_run(status=_dump(created), scheduling=QUEUED), [], LATER, CONFIG)
+    assert [s.key for s in d.create] == ["iter-0/sft"]
