@@ -1,7 +1,7 @@
 """python -m kubeharness tools | up | down | status | serve
 
-tools   build or fetch every binary (Kubernetes, etcd, kubectl, helm, the S3 server) and install
-        Prometheus; cheap when everything is cached. Needs only the standard library.
+tools   build or fetch every binary (Kubernetes, etcd, kubectl, helm, the S3 server, Kueue) and
+        install Prometheus; cheap when everything is cached. Needs only the standard library.
 up      start a cluster (control plane, node agent, S3) in the background; print the kubeconfig.
 down    stop the cluster that `up` started in the same state directory.
 status  print the running cluster's connection details (state/cluster.json).

@@ -35,6 +35,11 @@ HELM_VERSION = "v4.3.1"
 # MinIO publishes no tagged Go module versions: this pseudo-version is its last community commit
 # (2026-02-12). See s3server.py.
 MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+# Kueue: the newest release the module proxy serves whose k8s.io libraries are v0.36 (the cluster's
+# minor). Built with its own go.mod's versions: every Kueue release needs newer golang.org/x/* than
+# Kubernetes v1.36.3, so pinning it to Kubernetes' versions would build an untested combination.
+KUEUE_VERSION = "v0.19.2"
+KUEUE_COMMIT = "8eab68778fc1b52affe165fdf5af29d1e9b4f3cb"  # the tag's commit (the proxy's .info)
 
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -82,6 +87,9 @@ class GoBuild:
     ldflags: list[str] = field(default_factory=list)
     # module whose own go.mod replaces (to ./staging) must be rewritten to published versions
     staging_of: tuple[str, str] | None = None
+    # module whose go.sum seeds the wrapper's: its checksums were verified against the checksum
+    # database when it was released, which the module proxy here cannot answer for every module
+    sums_of: tuple[str, str] | None = None
 
     def workdir(self) -> Path:
         return cache_root() / "src" / self.name
@@ -112,6 +120,11 @@ class GoBuild:
             lines += [f"\t{m} => {m} {v}" for m, v in sorted(replaces.items())]
             lines.append(")")
         (work / "go.mod").write_text("\n".join(lines) + "\n")
+        if self.sums_of:
+            module, version = self.sums_of
+            info = json.loads(_run([go_binary(), "mod", "download", "-json",
+                                    f"{module}@{version}"]))
+            shutil.copyfile(Path(info["Dir"]) / "go.sum", work / "go.sum")
         tmp = work / "out"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -195,6 +208,19 @@ def minio_build() -> GoBuild:
     )
 
 
+def kueue_build() -> GoBuild:
+    pkg = "sigs.k8s.io/kueue/pkg/version"
+    return GoBuild(
+        name=f"kueue-{KUEUE_VERSION}",
+        requires={"sigs.k8s.io/kueue": KUEUE_VERSION},
+        packages={"sigs.k8s.io/kueue/cmd/kueue": "kueue"},
+        # sigs.k8s.io/scheduler-library v0.1.0-alpha1 is missing from the checksum database
+        sums_of=("sigs.k8s.io/kueue", KUEUE_VERSION),
+        ldflags=[f"-X {pkg}.GitVersion={KUEUE_VERSION}", f"-X {pkg}.GitCommit={KUEUE_COMMIT}",
+                 f"-X {pkg}.BuildDate=1970-01-01T00:00:00Z"],
+    )
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -232,6 +258,9 @@ TOOLS: dict[str, Tool] = {
     # minio reports its commit, not a version
     "minio": Tool("minio", _minio_commit(), f"minio-{MINIO_VERSION}", ("--version",),
                   minio_build),
+    # kueue has no --version: it logs its gitVersion at start, then exits on the empty kubeconfig
+    "kueue": Tool("kueue", KUEUE_VERSION, f"kueue-{KUEUE_VERSION}", ("--kubeconfig=/dev/null",),
+                  kueue_build),
 }
 
 

@@ -152,3 +152,12 @@ def make_pki(dir: Path) -> PKI:
         )
     )
     return PKI(dir, ca, apiserver, admin, kcm, sched, sa_key, sa_pub)
+
+
+def serving_pair(pki: PKI, dir: Path, stem: str, names: list[str]) -> Pair:
+    """A serving certificate for ``names`` (IPs or DNS names) signed by the cluster's CA, so the
+    API server, which trusts that CA, can call a webhook or an extension server on loopback."""
+    dir.mkdir(parents=True, exist_ok=True)
+    ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
+    return _leaf(dir, stem, ca_key, ca_cert, _name(names[0]), names)

@@ -28,6 +28,10 @@ Session-scoped:
 ``s3``                 kubeharness.s3server.S3Server: ``.endpoint``, ``.access_key``,
                        ``.secret_key``, ``.region``, ``.make_bucket(name=None) -> name``,
                        ``.client()`` (boto3), ``.env()`` (AWS_* variables for a subprocess).
+``kueue``              kubeharness.kueue.Kueue: Kueue's controller manager (binaries.KUEUE_VERSION)
+                       with its CRDs and webhooks, started on first use; ``.manage(api,
+                       namespace)`` lets it manage a namespace's Jobs (only labelled namespaces'
+                       Jobs pass through it), ``.log`` its output.
 
 Function-scoped:
 
@@ -53,6 +57,7 @@ from kubernetes import client
 
 from kubeharness import binaries, testing
 from kubeharness.cluster import Cluster
+from kubeharness.kueue import Kueue
 from kubeharness.prometheus import Prometheus
 from kubeharness.s3server import S3Server
 
@@ -187,3 +192,13 @@ def prometheus_factory(tmp_path: Path) -> Iterator[Callable[..., Prometheus]]:
     yield start
     for prom in started:
         prom.stop()
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kueue]:
+    k = Kueue(tmp_path_factory.mktemp("kueue"), cluster.kubeconfig, cluster.control_plane.pki)
+    k.start()
+    try:
+        yield k
+    finally:
+        k.stop()
