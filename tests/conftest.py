@@ -7,6 +7,7 @@ from kubeharness.fixtures import (  # noqa: F401 - fixtures, used by name
     kube_env,
     kubeconfig,
     kubectl,
+    kueue,
     namespace,
     namespace_factory,
     node_agent,
