@@ -6,11 +6,15 @@ pairs.jsonl and consistency.jsonl (consistency -> dpo), predictions.jsonl (evalu
 own input formats (prompt sets, SFT data, evaluation sets) are data.py's and eval_tasks.py's.
 
 Reading validates every record and fails with the file, the record and the field; numbers must be
-finite (a NaN log-prob would silently poison a ranking).
+finite (a NaN log-prob would silently poison a ranking). A score record carries the digest of the
+prompt and responses it scored, so a score file is bound to its responses file: one made from
+another sample is refused even when its prompt ids and counts match.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from typing import Annotated, TypeVar
 
@@ -21,6 +25,7 @@ from .contract import StageInputError
 from .data import read_records, where
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PositiveInt = Annotated[int, Field(gt=0, strict=True)]
 
 
@@ -35,6 +40,15 @@ class ResponsesRecord(_Record):
     prompt: str
     responses: list[str] = Field(min_length=1)
 
+    def digest(self) -> str:
+        return responses_digest(self.prompt, self.responses)
+
+
+def responses_digest(prompt: str, responses: list[str]) -> str:
+    """sha256 (hex) of one prompt and its responses in order: what a score record scored."""
+    canonical = json.dumps([prompt, responses], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 class ScoresRecord(_Record):
     """s_M of each response of one prompt, in the responses' order (score's output)."""
@@ -42,6 +56,8 @@ class ScoresRecord(_Record):
     prompt_id: str
     logps: list[FiniteFloat]
     lengths: list[PositiveInt] = Field(description="|y|: the response tokens summed")
+    responses_digest: Sha256 = Field(
+        description="responses_digest(prompt, responses) of the responses record scored")
 
     @model_validator(mode="after")
     def _same_length(self):
@@ -131,7 +147,8 @@ def write(uri: str, records: Iterable[_Record]) -> None:
 
 def check_scores_match(responses_uri: str, responses: list[ResponsesRecord], scores_uri: str,
                        scores: dict[str, ScoresRecord]) -> None:
-    """The score file covers exactly the responses' prompts, with one score per response."""
+    """The score file covers exactly the responses' prompts, one score per response, and scored
+    these very responses (its digests match)."""
     ids = [r.prompt_id for r in responses]
     missing = [pid for pid in ids if pid not in scores]
     extra = sorted(set(scores) - set(ids))
@@ -148,4 +165,10 @@ def check_scores_match(responses_uri: str, responses: list[ResponsesRecord], sco
                 f"{scores_uri}: prompt_id {r.prompt_id}: field 'logps' has "
                 f"{len(scores[r.prompt_id].logps)} values but {responses_uri} has "
                 f"{len(r.responses)} responses"
+            )
+        if scores[r.prompt_id].responses_digest != r.digest():
+            raise StageInputError(
+                f"{scores_uri}: prompt_id {r.prompt_id}: field 'responses_digest' does not match "
+                f"{responses_uri}: these scores were computed on other responses (another "
+                "sample); score this responses file again"
             )

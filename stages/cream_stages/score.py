@@ -46,7 +46,8 @@ def run(req: ScoreRequest) -> StageResult:
     for row in rows:
         n = len(row.responses)
         out.append(ScoresRecord(prompt_id=row.prompt_id, logps=logps[k:k + n],
-                                lengths=[e.n_targets for e in encodings[k:k + n]]))
+                                lengths=[e.n_targets for e in encodings[k:k + n]],
+                                responses_digest=row.digest()))
         k += n
     write(join(req.output, SCORES_FILE), out)
     return StageResult(

@@ -7,6 +7,7 @@ import json
 import pytest
 from scipy import stats
 
+from cream_stages.records import responses_digest
 from cream_stages.runner import main
 
 PROMPTS = ["p1", "p2", "p3"]
@@ -24,14 +25,23 @@ def _write(path, rows):
     return str(path)
 
 
+def _responses(p: str, sample: str = "r") -> list[str]:
+    return [f"{p}-{sample}{i}" for i in range(4)]
+
+
+def _digest(p: str, sample: str = "r") -> str:
+    return responses_digest(f"question {p}", _responses(p, sample))
+
+
 def _setup(tmp_path, previous=S_PREV):
     responses = _write(tmp_path / "responses.jsonl", [
-        {"prompt_id": p, "prompt": f"question {p}", "responses": [f"{p}-r{i}" for i in range(4)]}
+        {"prompt_id": p, "prompt": f"question {p}", "responses": _responses(p)}
         for p in PROMPTS])
 
     def scores(name, s):
         return _write(tmp_path / f"{name}.jsonl", [
-            {"prompt_id": p, "logps": s[p], "lengths": LENGTHS[p]} for p in PROMPTS])
+            {"prompt_id": p, "logps": s[p], "lengths": LENGTHS[p], "responses_digest": _digest(p)}
+            for p in PROMPTS])
 
     return responses, scores("cur", S_CUR), scores("prev", previous), scores("prev2", S_PREV2)
 
@@ -123,11 +133,27 @@ def test_avg_and_none_weights(tmp_path, strategy):
 def test_scores_that_do_not_match_the_responses_fail_naming_the_file(tmp_path, capsys):
     responses, cur, _, _ = _setup(tmp_path)
     bad = _write(tmp_path / "bad.jsonl", [
-        {"prompt_id": p, "logps": S_PREV[p][:3], "lengths": LENGTHS[p][:3]} for p in PROMPTS])
+        {"prompt_id": p, "logps": S_PREV[p][:3], "lengths": LENGTHS[p][:3],
+         "responses_digest": _digest(p)} for p in PROMPTS])
     code, out = _run(tmp_path, responses=responses, current=cur, previous=bad)
     assert code == 2
     err = capsys.readouterr().err
     assert "bad.jsonl" in err and "'logps'" in err
+    assert not (out / "manifest.json").exists()
+
+
+def test_scores_of_another_sample_are_refused_despite_same_ids_and_counts(tmp_path, capsys):
+    # Same prompt ids, same number of responses per prompt: only the responses differ (another
+    # sample of the same prompts). Without the binding these scores would be ranked as if they
+    # belonged to the responses file.
+    responses, cur, _, _ = _setup(tmp_path)
+    other = _write(tmp_path / "other-sample.jsonl", [
+        {"prompt_id": p, "logps": S_PREV[p], "lengths": LENGTHS[p],
+         "responses_digest": _digest(p, sample="s")} for p in PROMPTS])
+    code, out = _run(tmp_path, responses=responses, current=cur, previous=other)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "other-sample.jsonl" in err and "'responses_digest'" in err and "another sample" in err
     assert not (out / "manifest.json").exists()
 
 

@@ -109,10 +109,13 @@ def test_bad_sft_records(tmp_path, row, needle):
 
 
 def test_scores_must_be_finite_and_lengths_positive(tmp_path):
-    uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, float("nan")], "lengths": [1, 2]}])
+    digest = "0" * 64
+    uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, float("nan")], "lengths": [1, 2],
+                            "responses_digest": digest}])
     with pytest.raises(StageInputError, match="'logps'"):
         records.read(uri, records.ScoresRecord)
-    uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, 2.0], "lengths": [1, 0]}])
+    uri = _file(tmp_path, [{"prompt_id": "a", "logps": [1.0, 2.0], "lengths": [1, 0],
+                            "responses_digest": digest}])
     with pytest.raises(StageInputError, match="'lengths'"):
         records.read(uri, records.ScoresRecord)
 

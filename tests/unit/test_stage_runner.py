@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cream_stages.records import responses_digest
 from cream_stages.runner import main
 
 
@@ -28,7 +29,8 @@ def _consistency_inputs(tmp_path):
                          + "\n")
     for name, logps in (("cur", [-1.0, -3.0]), ("prev", [-2.0, -2.0])):
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(
-            {"prompt_id": "p", "logps": logps, "lengths": [1, 2]}) + "\n")
+            {"prompt_id": "p", "logps": logps, "lengths": [1, 2],
+             "responses_digest": responses_digest("q", ["a", "b"])}) + "\n")
     return {"stage": "consistency", "output": str(tmp_path / "out"), "iteration": 1,
             "responses": str(responses), "current": str(tmp_path / "cur.jsonl"),
             "previous": str(tmp_path / "prev.jsonl")}
