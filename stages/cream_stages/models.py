@@ -162,6 +162,47 @@ def fit_threads(model) -> None:
         torch.set_num_threads(1)
 
 
+def dropout_probabilities(config) -> dict[str, float]:
+    """The config's dropout probabilities above 0, by name: Llama's and Qwen's
+    `attention_dropout`, GPT-2's `attn_pdrop`/`resid_pdrop`/`embd_pdrop`, BERT-style
+    `hidden_dropout_prob`, ... (top-level fields; a composite model's sub-configs are not
+    searched)."""
+    return {name: float(value) for name, value in vars(config).items()
+            if ("dropout" in name or name.endswith("pdrop"))
+            and isinstance(value, int | float) and not isinstance(value, bool) and value > 0}
+
+
+def load_for_training(path: str, dtype):
+    """(model, the dropout probabilities switched off) for sft and dpo: every dropout is off.
+
+    TRL disables dropout by default for the same reason: DPO's z compares the policy's log-probs
+    with the reference log-probs score computed in eval mode, so at step 0 z must be 0; a random
+    dropout mask would make it noise. Models read these probabilities from the config when they
+    are built (Llama's attention applies `attention_dropout` functionally, which zeroing the
+    nn.Dropout modules alone would miss), so the config is edited before loading, and the modules
+    are zeroed as well. Keep the returned values for `restore_dropout` before saving: the
+    checkpoint keeps its own configuration.
+    """
+    import torch  # noqa: PLC0415
+    from transformers import AutoConfig, AutoModelForCausalLM  # noqa: PLC0415
+
+    config = AutoConfig.from_pretrained(path)
+    switched_off = dropout_probabilities(config)
+    for name in switched_off:
+        setattr(config, name, 0.0)
+    model = AutoModelForCausalLM.from_pretrained(path, config=config, dtype=dtype)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    return model, switched_off
+
+
+def restore_dropout(config, switched_off: dict[str, float]) -> None:
+    """Put back the dropout probabilities load_for_training switched off (before a save)."""
+    for name, value in switched_off.items():
+        setattr(config, name, value)
+
+
 def default_device() -> str:
     import torch  # noqa: PLC0415
 

@@ -5,7 +5,7 @@ The operator launches the stage under torchrun, so every rank runs with WORLD_SI
 LOCAL_RANK set. The loop (train_loop.py) marks the last micro-batch of each accumulation group, so
 DeepSpeed steps exactly where the single-process backend does, on losses the loop has already
 scaled. Rank 0 saves the checkpoint, with ZeRO-3's parameters gathered from all ranks first (a
-collective every rank must join).
+collective every rank must join). Dropout is off (models.load_for_training).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 from contextlib import nullcontext
 
 from .contract import TrainParams
-from .models import save_checkpoint, torch_dtype
+from .models import load_for_training, restore_dropout, save_checkpoint, torch_dtype
 from .train_loop import MAX_GRAD_NORM
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,6 @@ class DeepSpeedTrainer:
     def __init__(self, model_path: str, train: TrainParams):
         import deepspeed  # noqa: PLC0415
         import torch  # noqa: PLC0415
-        from transformers import AutoModelForCausalLM  # noqa: PLC0415
         from transformers.integrations import HfDeepSpeedConfig  # noqa: PLC0415
 
         self.world_size, self.rank, local_rank = dist_env()
@@ -70,8 +69,7 @@ class DeepSpeedTrainer:
         config = deepspeed_config(train, self.world_size)
         # Must exist before from_pretrained so ZeRO-3 loads the weights already partitioned.
         self._hf_ds_config = HfDeepSpeedConfig(config)
-        model = AutoModelForCausalLM.from_pretrained(model_path,
-                                                     dtype=torch_dtype(train.precision))
+        model, self.dropout = load_for_training(model_path, torch_dtype(train.precision))
         self.model, _, _, _ = deepspeed.initialize(model=model,
                                                    model_parameters=model.parameters(),
                                                    config=config)
@@ -103,6 +101,7 @@ class DeepSpeedTrainer:
         zero3 = self.zero_stage == 3
         state_dict = self.model._zero3_consolidated_16bit_state_dict() if zero3 else None
         if self.rank == 0:
+            restore_dropout(self.model.module.config, self.dropout)
             save_checkpoint(self.model.module, tokenizer, output, state_dict=state_dict)
         dist.barrier()
         return self.rank == 0

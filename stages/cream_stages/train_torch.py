@@ -1,16 +1,23 @@
 """The `transformers` training backend: plain PyTorch AdamW in one process (CPU or one GPU).
 
 Mixed precision: float32 master weights (AdamW on bf16 weights loses small updates), the forward
-pass autocast to the requested precision, the checkpoint saved in it.
+pass autocast to the requested precision, the checkpoint saved in it. Dropout is off
+(models.load_for_training).
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import AutoModelForCausalLM
 
 from .contract import TrainParams
-from .models import default_device, fit_threads, save_checkpoint, torch_dtype
+from .models import (
+    default_device,
+    fit_threads,
+    load_for_training,
+    restore_dropout,
+    save_checkpoint,
+    torch_dtype,
+)
 from .train_loop import MAX_GRAD_NORM
 
 
@@ -19,7 +26,7 @@ class TorchTrainer:
     rank = 0
 
     def __init__(self, model_path: str, train: TrainParams):
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        self.model, self.dropout = load_for_training(model_path, torch.float32)
         self.device = default_device()
         self.model.to(self.device)
         fit_threads(self.model)
@@ -46,5 +53,6 @@ class TorchTrainer:
     def save(self, tokenizer, output: str) -> bool:
         """Save model and tokenizer; True (this process is the one that saves)."""
         self.model.eval()
+        restore_dropout(self.model.config, self.dropout)
         save_checkpoint(self.model.to(self.dtype), tokenizer, output)
         return True

@@ -57,3 +57,57 @@ def test_half_consistency_has_no_gradient_at_the_reference(tiny):
     loss.backward()
     grad_norm = sum(p.grad.norm() ** 2 for p in policy.parameters() if p.grad is not None) ** 0.5
     assert grad_norm.item() < 1e-6
+
+
+@pytest.fixture
+def dropout_checkpoint(tiny_path, tmp_path):
+    """The tiny model with attention dropout 0.5 in its config (Llama applies it functionally)."""
+    import json
+    import shutil
+
+    path = tmp_path / "with-dropout"
+    shutil.copytree(tiny_path, path)
+    config = json.loads((path / "config.json").read_text())
+    config["attention_dropout"] = 0.5
+    (path / "config.json").write_text(json.dumps(config))
+    return path
+
+
+def test_dropout_does_not_perturb_the_policy_at_step_zero(dropout_checkpoint, tmp_path):
+    # The reference log-probs come from the score stage's path (eval mode); the policy's from the
+    # training backend's model, in train mode. With dropout active z would be noise at step 0.
+    import json
+    import math
+
+    from cream_stages.contract import TrainParams
+    from cream_stages.models import load_model
+    from cream_stages.train_torch import TorchTrainer
+
+    scorer, tokenizer, _ = load_model(str(dropout_checkpoint))
+    encs = [encode_pair(tokenizer, PROMPT, CHOSEN, 128),
+            encode_pair(tokenizer, PROMPT, REJECTED, 128)]
+    ref_c, ref_r = score_encodings(scorer, encs, tokenizer.pad_token_id, 2)
+    trainer = TorchTrainer(str(dropout_checkpoint),
+                           TrainParams(epochs=1, learning_rate=1e-3, batch_size=1))
+    assert trainer.model.training
+    loss_fn = make_loss_fn(tokenizer.pad_token_id, beta=0.1)
+    examples = [DpoExample(encs[0], encs[1], ref_c, ref_r, 1.0)] * 4
+    for example in examples:  # several forward passes: a random mask would differ every time
+        with trainer.autocast():
+            loss = loss_fn(trainer.model, [example])
+        assert loss.item() == pytest.approx(math.log(2), abs=1e-5)  # -log sigmoid(0): z = 0
+    # The checkpoint keeps its own configuration.
+    trainer.save(tokenizer, str(tmp_path / "out"))
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["attention_dropout"] == 0.5
+
+
+def test_dropout_probabilities_are_found_by_name():
+    from transformers import GPT2Config, LlamaConfig
+
+    from cream_stages.models import dropout_probabilities
+
+    assert dropout_probabilities(LlamaConfig(attention_dropout=0.1)) == {"attention_dropout": 0.1}
+    assert dropout_probabilities(LlamaConfig()) == {}
+    found = dropout_probabilities(GPT2Config())
+    assert {"attn_pdrop", "resid_pdrop", "embd_pdrop"} <= set(found)
