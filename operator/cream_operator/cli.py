@@ -1,8 +1,10 @@
-"""The `cream` command: run locally, validate a CreamRun, print the CRD, run the operator."""
+"""The `cream` command: run locally, validate a CreamRun, generate a task set, print the CRD, run
+the operator."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from cream_stages import artifacts
@@ -58,6 +60,24 @@ def _run(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    from cream_stages import generated_tasks  # noqa: PLC0415
+    from cream_stages.contract import StageInputError  # noqa: PLC0415
+
+    try:
+        records = generated_tasks.generate(args.uri)
+    except StageInputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.out:
+        artifacts.write_jsonl(args.out, records)
+        print(f"{len(records)} item(s) written to {args.out}", file=sys.stderr)
+    else:
+        for record in records:
+            sys.stdout.write(json.dumps(record) + "\n")
+    return 0
+
+
 def _crd(_args) -> int:
     sys.stdout.write(crd.render())
     return 0
@@ -81,6 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check CreamRun files; every problem with its field")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=_validate)
+
+    p = sub.add_parser("generate", help="write a generated task set (gen://...) as JSONL")
+    p.add_argument("uri", help="e.g. 'gen://arithmetic?n=400&seed=1' or "
+                   "'gen://choice?n=400&seed=1&options=5&labels=numbers'")
+    p.add_argument("--out", "-o", help="file or s3:// URI to write (default: stdout)")
+    p.set_defaults(func=_generate)
 
     p = sub.add_parser("crd", help="print the CreamRun CustomResourceDefinition")
     p.set_defaults(func=_crd)

@@ -45,11 +45,14 @@ def load(path: str | Path) -> CreamRun:
 
 
 def input_problems(run: CreamRun) -> list[str]:
-    """Inputs that cannot be read from here: local paths and builtin:// URIs that do not exist.
+    """Inputs that cannot be read from here: local paths and builtin:// URIs that do not exist,
+    malformed gen:// URIs and GGUF sources that are not installed, tasks whose format is not
+    their generated set's.
 
     S3 and hub URIs are left to the stages (checking them needs credentials and a network)."""
     from cream_stages.contract import LM_EVAL_SCHEME, StageInputError  # noqa: PLC0415
-    from cream_stages.data import resolve_data_uri  # noqa: PLC0415
+    from cream_stages.data import validate_data_uri  # noqa: PLC0415
+    from cream_stages.eval_tasks import check_generated_format  # noqa: PLC0415
     from cream_stages.models import validate_model_uri  # noqa: PLC0415
 
     spec = run.spec
@@ -66,11 +69,15 @@ def input_problems(run: CreamRun) -> list[str]:
             except StageInputError as exc:
                 problems.append(f"{field}: {exc}")
     for field, uri in data.items():
-        if not uri or uri.startswith(("s3://", LM_EVAL_SCHEME)):
-            continue  # S3 needs credentials; lm-eval resolves its own task names
+        if not uri or uri.startswith(LM_EVAL_SCHEME):
+            continue  # lm-eval resolves its own task names
         try:
-            if not Path(resolve_data_uri(uri)).is_file():
-                problems.append(f"{field}: {uri}: no such file")
+            validate_data_uri(uri)
         except StageInputError as exc:
             problems.append(f"{field}: {exc}")
+    for i, task in enumerate(spec.evaluation.tasks):
+        try:
+            check_generated_format(task.uri, task.format)
+        except StageInputError as exc:
+            problems.append(f"spec.evaluation.tasks[{i}].format: {exc}")
     return problems

@@ -2,7 +2,8 @@
 project's, failing loudly.
 
 Every error names the file (URI), the record and the field. The files stages write for each other
-are records.py's. No torch here: the operator's CLI uses resolve_data_uri to validate specs.
+are records.py's. A `gen://` URI is a generated task set (generated_tasks.py), read like a file.
+No torch here: the operator's CLI uses validate_data_uri to check specs.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import artifacts
+from . import artifacts, generated_tasks
 from .contract import StageInputError
 
 BUILTIN_DATA_DIR = Path(__file__).resolve().parent / "builtin" / "data"
@@ -36,7 +37,19 @@ def builtin_data_files() -> list[str]:
     return [BUILTIN_DATA_PREFIX + p.name for p in sorted(BUILTIN_DATA_DIR.glob("*.jsonl"))]
 
 
+def validate_data_uri(uri: str) -> None:
+    """StageInputError when a data URI that can be checked from here names nothing: a local or
+    builtin file that does not exist, a malformed gen:// URI. s3:// is left to the stages (it
+    needs credentials), and nothing is generated or read."""
+    if generated_tasks.is_generated(uri):
+        generated_tasks.parse_uri(uri)
+    elif not artifacts.is_s3(uri) and not Path(resolve_data_uri(uri)).is_file():
+        raise StageInputError(f"{uri}: no such file")
+
+
 def read_records(uri: str) -> list[dict]:
+    if generated_tasks.is_generated(uri):
+        return generated_tasks.generate(uri)
     return artifacts.read_records(resolve_data_uri(uri))
 
 
@@ -136,7 +149,8 @@ def load_prompts(uri: str, limit: int | None = None) -> list[Prompt]:
 def load_conversations(uri: str) -> list[list[dict]]:
     """SFT examples as chat conversations ending with an assistant turn. Accepted records:
     `{"messages": [...]}`; the reference's `{id: [user, assistant]}` (-> `value`) and its DPO
-    records `{"selected": [...]}`; `{"instruction"|"prompt", "input"?, "output"|"response"}`."""
+    records `{"selected": [...]}`; `{"instruction"|"prompt", "input"?, "output"|"response"}`;
+    GSM8K's `{"question", "answer"}` (so a gen://arithmetic set is SFT data too)."""
     records = read_records(uri)
     out = []
     for i, rec in enumerate(records):
@@ -144,8 +158,8 @@ def load_conversations(uri: str) -> list[list[dict]]:
         if field is not None:
             msgs = _messages(uri, i, rec, field)
         else:
-            pfield = next((f for f in ("instruction", "prompt") if f in rec), None)
-            rfield = next((f for f in ("output", "response") if f in rec), None)
+            pfield = next((f for f in ("instruction", "prompt", "question") if f in rec), None)
+            rfield = next((f for f in ("output", "response", "answer") if f in rec), None)
             if pfield is None or rfield is None:
                 missing = "'instruction' (or 'prompt')" if pfield is None else \
                     "'output' (or 'response')"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import generated_tasks
 from .answers import extract_choice, extract_number, gsm8k_gold, normalize_number
 from .contract import StageInputError
 from .data import read_records, where
@@ -113,8 +114,17 @@ def _gsm8k(uri: str, i: int, rec: dict) -> EvalItem:
     return EvalItem("", question, [], [], gold)
 
 
+def check_generated_format(uri: str, fmt: str) -> None:
+    """A generated set (gen://) is evaluated in the format its records are in."""
+    kind = generated_tasks.kind_of(uri) if generated_tasks.is_generated(uri) else None
+    if kind is not None and generated_tasks.FORMATS[kind] != fmt:
+        raise StageInputError(f"{uri}: gen://{kind} items are evaluated with format "
+                              f"'{generated_tasks.FORMATS[kind]}', not '{fmt}'")
+
+
 def load_task(name: str, uri: str, fmt: str, limit: int | None = None) -> list[EvalItem]:
     """The task's items (the first `limit`), each with an id (its own, else task-<n>)."""
+    check_generated_format(uri, fmt)
     parse = _gsm8k if fmt == "gsm8k" else _multiple_choice
     records = read_records(uri)
     if limit:
