@@ -37,7 +37,8 @@ class EvalItem:
         return "\n".join(lines)
 
     def extract(self, output: str) -> str | None:
-        return extract_choice(output, self.labels) if self.labels else extract_number(output)
+        return extract_choice(output, self.labels, self.choices) if self.labels \
+            else extract_number(output)
 
     def is_correct(self, prediction: str | None) -> bool:
         if prediction is None:

@@ -59,3 +59,49 @@ def test_normalize_number(text, expected):
 def test_gsm8k_gold():
     assert gsm8k_gold("so 1200 + 300 = 1500.\n#### 1,500") == "1500"
     assert gsm8k_gold("no marker") is None
+
+
+# As real models write them (item by item: the list).
+@pytest.mark.parametrize(("output", "expected"), [
+    ("5 + 3 makes 8, so the answer is 8.", "8"),  # no colon
+    ("The final answer is: 14 stickers", "14"),
+    ("**Answer:** 21", "21"),
+    ("**Answer**: 21", "21"),
+    ("Answer:\n42", "42"),  # the value on the next line
+    ("The answer is not obvious at first. 6 * 7 = 42. Answer: 42", "42"),
+    ("Answer: 7\n\nQuestion: Sam has 3 pens and buys 9 more. How many now?\nAnswer: 12", "7"),
+    ("Answer: 7\nuser\nWhat is 2 + 2?\nAnswer: 4", "7"),  # chat roles left by stripped tokens
+    ("Answer: 7\n\nQ2. What is 9 - 1?\nThe answer is 8.", "7"),
+    ("The temperature falls to \u22123 degrees. Answer: \u22123", "-3"),  # Unicode minus
+    ("Answer: \u20135", "-5"),  # an en dash as the sign
+    ("Answer: 12,345", "12345"),
+    ("Answer: 2.50", "2.5"),
+    ("Answer: 25 / 5 = 5", "5"),  # an equation before the final value
+    ("Answer: 4 * 4 + 6 = 22 beads", "22"),
+    ("So 23 + 89 = 112.\n#### 112", "112"),
+])
+def test_numbers_as_models_write_them(output, expected):
+    assert extract_number(output) == expected
+
+
+def test_a_question_restated_before_answering_is_not_a_continuation():
+    assert extract_number("Question: 3 + 4?\nLet me add: 3 + 4 = 7.\nAnswer: 7") == "7"
+
+
+FIVE = ["A", "B", "C", "D", "E"]
+NUMERIC = ["1", "2", "3", "4", "5"]
+
+
+@pytest.mark.parametrize(("output", "labels", "choices", "expected"), [
+    ("The answer is C.", ABCD, None, "C"),
+    ("the answer is c", ABCD, None, "C"),
+    ("The correct answer is option 3.", NUMERIC, None, "3"),
+    ("Answer: e) a whale", FIVE, None, "E"),
+    ("Answer: (4)", NUMERIC, None, "4"),
+    ("Answer: Paris", ABCD, ["Berlin", "Paris", "Rome", "Madrid"], "B"),
+    ("Answer: 75", NUMERIC, ["627", "531", "75", "850", "999"], "3"),  # by the option's text
+    ("Answer: 2", NUMERIC, ["627", "531", "75", "850", "999"], "2"),  # by its label
+    ("Answer: B\n\nQuestion: Which is a fruit?\nA. car\nB. pear\nAnswer: A", ABCD, None, "B"),
+])
+def test_choices_as_models_write_them(output, labels, choices, expected):
+    assert extract_choice(output, labels, choices) == expected
