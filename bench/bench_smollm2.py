@@ -1,10 +1,10 @@
 """CREAM on SmolLM2-135M-Instruct, measured: strategies avg, dynamic and none on the same prompts
 and seeds (examples/smollm2.yaml at a chosen size), each run with `cream run`.
 
-For each strategy and iteration it reports the consistency rate, pairs kept and dropped, accuracy
-per task with a 95% Wilson interval, and the wall time of every stage (from the manifests); plus
-the machine, its load average and the date. Output: a markdown report on stdout (what
-bench/RESULTS.md records) and `<root>/report.json`.
+For each strategy and iteration it reports the consistency rate, pairs kept and dropped,
+accuracy per task with a 95% Wilson interval, and the wall and CPU time of every stage (from
+the manifests); plus the machine, its load average and the date. Output: a markdown report on
+stdout (what bench/RESULTS.md records) and `<root>/report.json`.
 
 Steps that do not depend on the strategy (the SFT, the baseline evaluation, iteration 1's sample
 and scores) are identical requests in the three runs, so they run once, in the first strategy's
@@ -78,7 +78,8 @@ def collect(run_dir: Path) -> dict:
     for manifest_path in sorted(run_dir.glob("**/manifest.json")):
         manifest = json.loads(manifest_path.read_text())
         key = str(manifest_path.parent.relative_to(run_dir))
-        stages[key] = manifest["timings"]["seconds"]
+        stages[key] = {"wall_s": manifest["timings"]["seconds"],
+                       "cpu_s": manifest["timings"].get("cpu_seconds")}
         it = int(key.split("/")[0].removeprefix("iter-")) if key.startswith("iter-") else None
         if manifest["stage"] == "consistency":
             m = manifest["metrics"]
@@ -129,13 +130,17 @@ def markdown(report: dict) -> str:
                              f"{a['accuracy']:.3f} ({a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}), "
                              f"{a['correct']}/{a['n']}")
             lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Wall time per stage (s):", "",
+    lines += ["", "Time per stage, wall / CPU seconds (CPU: the stage process's own, what it "
+              "would take alone on one core; wall includes waiting for shared cores):", "",
               "| stage | " + " | ".join(report["runs"]) + " |",
               "|---|" + "---:|" * len(report["runs"])]
     keys = sorted({k for r in report["runs"].values() for k in r["stages"]})
     for key in keys:
-        cells = [f"{r['stages'][key]:.0f}" if key in r["stages"] else "-"
-                 for r in report["runs"].values()]
+        cells = []
+        for r in report["runs"].values():
+            t = r["stages"].get(key)
+            cells.append("-" if t is None else f"{t['wall_s']:.0f} / {t['cpu_s'] or 0:.0f}"
+                         + (" (copied)" if key in r.get("copied", ()) else ""))
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -230,6 +230,9 @@ class Timings(BaseModel):
     started: str
     finished: str
     seconds: float
+    # CPU time of the stage's process (all its threads): on a machine whose cores other work
+    # shares, what the stage would take alone, where `seconds` measures the contention too.
+    cpu_seconds: float | None = None
 
 
 class Manifest(BaseModel):

@@ -112,7 +112,7 @@ def run_stage(stage: str, request_uri: str) -> int:
                 raise artifacts.ArtifactError(f"{manifest_uri}: corrupt manifest: {exc}") from exc
             report_success(done)
         return 0
-    started, t0 = _now(), time.monotonic()
+    started, t0, cpu0 = _now(), time.monotonic(), time.process_time()
     log.info("%s: request %s -> %s", stage, request_uri, request.output)
     module = importlib.import_module(f"cream_stages.{stage}")
     result: StageResult | None = module.run(request)
@@ -124,8 +124,9 @@ def run_stage(stage: str, request_uri: str) -> int:
         inputs=result.inputs,
         outputs=result.outputs,
         metrics=result.metrics,
-        timings={"started": started, "finished": _now(), "seconds": round(
-            time.monotonic() - t0, 3)},
+        timings={"started": started, "finished": _now(),
+                 "seconds": round(time.monotonic() - t0, 3),
+                 "cpu_seconds": round(time.process_time() - cpu0, 3)},
     )
     artifacts.write_json(manifest_uri, manifest.model_dump(mode="json"))
     report_success(manifest)

@@ -45,7 +45,7 @@ def test_manifest_is_written_and_a_rerun_is_a_no_op(tmp_path, capsys):
     assert manifest["outputs"] == {"pairs": "pairs.jsonl", "per_prompt": "consistency.jsonl"}
     assert manifest["inputs"]["previous2"] is None
     assert manifest["request"]["iteration"] == 1
-    assert manifest["timings"]["seconds"] >= 0
+    assert manifest["timings"]["seconds"] >= 0 and manifest["timings"]["cpu_seconds"] >= 0
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     capsys.readouterr()
     assert main(["consistency", "--request", uri]) == 0
