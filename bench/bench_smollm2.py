@@ -46,7 +46,7 @@ def spec_for(base: dict, strategy: str, args) -> dict:
     spec = doc["spec"]
     spec["iterations"] = args.iterations
     spec["consistency"]["strategy"] = strategy
-    spec["data"]["prompts"] = [f"gen://arithmetic?n={args.prompts}&seed={21 + t}"
+    spec["data"]["prompts"] = [f"gen://arithmetic?n={args.prompts}&seed={21 + t}&ops=add,sub"
                                for t in range(args.iterations)]
     for task in spec["evaluation"]["tasks"]:
         uri, _, query = task["uri"].partition("?")

@@ -2,8 +2,9 @@
 
 Read as real models write it, not only as asked ("Answer: X"):
 - the answer marker: "Answer: X", "answer: x", "**Answer:** X", "The answer is X", "The final
-  answer is: X", "answer = X". The last marker that carries a value wins (a model that corrects
-  itself), one that carries none ("the answer is not obvious") is passed over;
+  answer is: X", "answer = X", "X is the answer". The last marker that carries a value wins (a
+  model that corrects itself), one that carries none ("the answer is not obvious") is passed
+  over;
 - a model that runs on after answering into a new question ("Question: ...", "Q2.", a bare
   "user" line left by a chat template whose special tokens were stripped) and answers that too:
   everything from the new question on is ignored, so the continuation cannot win;
@@ -12,8 +13,9 @@ Read as real models write it, not only as asked ("Answer: X"):
 - choices by each item's own labels (ARC has E and numeric labels; the reference parser only
   knew A-D), in either case after a marker, "(C)", "option 3", or by the option's text itself
   ("Answer: Paris").
-Without a marker: GSM8K's "#### X", else the last standalone label (case-sensitive, so the article
-"a" is not choice A) or the last number in the text.
+Without a marker: GSM8K's "#### X", else the last number in the text; for choices the one label
+the text names (case-sensitive, so the article "a" is not choice A): a text naming several, like a
+model that only repeats the option list, gives no answer.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from decimal import Decimal, InvalidOperation
 
 # "answer", then a colon/equals, or "is" (+ optional colon); markdown emphasis may sit between.
 _MARKER = re.compile(r"\banswer\b[*_\s]*(?:is\b[*_\s]*[:：]?|[:：=])[*_]*", re.IGNORECASE)
+# "44 is the answer", "B is the correct answer": the value before the marker.
+_VALUE_FIRST = re.compile(
+    r"([^\s:]+)[ \t]+is[ \t]+the[ \t]+(?:final[ \t]+|correct[ \t]+|right[ \t]+)?answer\b",
+    re.IGNORECASE)
 # A line that starts a new question: the model ran on past its answer.
 _NEW_QUESTION = re.compile(
     r"^[ \t]*(?:[#*>]+[ \t]*)?(?:(?:question|problem|exercise|example|instruction|human|user|q)"
@@ -41,16 +47,18 @@ def _clean(text: str) -> str:
 
 
 def _answer_spans(text: str) -> list[str]:
-    """What follows each answer marker, to the end of its line (or the next line when the marker
-    ends its line), the last marker first."""
-    out = []
-    for m in reversed(list(_MARKER.finditer(text))):
+    """The value each answer marker gives, the last marker first: what follows it to the end of
+    its line (or the next line when the marker ends its line), or the word before "is the
+    answer"."""
+    found = []
+    for m in _MARKER.finditer(text):
         rest = text[m.end():]
         line, _, after = rest.partition("\n")
         if not line.strip(" \t*_"):
             line = after.lstrip("\n").partition("\n")[0]
-        out.append(line)
-    return out
+        found.append((m.start(), line))
+    found += [(m.start(), m.group(1)) for m in _VALUE_FIRST.finditer(text)]
+    return [span for _, span in sorted(found, reverse=True)]
 
 
 def _cut_continuation(text: str, read: Callable[[str], str | None]) -> str:
@@ -104,8 +112,10 @@ def extract_choice(output: str, labels: list[str], choices: list[str] | None = N
         found = read(span)
         if found is not None:
             return found
-    found = re.findall(_label_pattern(labels), text)
-    return found[-1] if found else None
+    # No marker: a label only when it is the one label the text names; several (an echo of the
+    # option list, "A. brown B. horse ...") name no answer.
+    found = set(re.findall(_label_pattern(labels), text))
+    return found.pop() if len(found) == 1 else None
 
 
 def normalize_number(text: str) -> str | None:

@@ -6,9 +6,10 @@ whether a model moved, and prompt sets can be as large as an experiment needs. A
 a URI, usable wherever a data URI is (prompt sets, evaluation tasks), or written out as JSONL with
 `cream generate <uri>`:
 
-- `gen://arithmetic?n=400&seed=1&steps=1`: word problems in GSM8K's format
+- `gen://arithmetic?n=400&seed=1&steps=1&ops=add,sub`: word problems in GSM8K's format
   (`{"id", "question", "answer": "...<<a+b=c>>c...\\n#### c"}`); `steps` (1 to 3) is the number of
-  operations (+, -, x, exact /). Evaluate with `format: gsm8k`.
+  operations, `ops` which of add, sub, mul, div (exact) they draw from (default all four).
+  Evaluate with `format: gsm8k`.
 - `gen://choice?n=400&seed=1&options=5&labels=numbers`: multiple-choice items in ARC's JSONL shape
   (`{"id", "question": {"stem", "choices": [{"text", "label"}]}, "answerKey"}`): sums, the largest
   or smallest number, the next number of a sequence, the day after a day, the odd category out,
@@ -85,35 +86,41 @@ _OPS = {
     "-": _Op("-", lambda a, b: a - b,
              lambda n, t, b: f"Then {n} gives away {b} {t}."),
     "*": _Op("*", lambda a, b: a * b,
-             lambda n, t, b: f"Then {n} gets enough {t} to have {b} times as many as before."),
+             lambda n, t, b: f"Then the number of {t} {n} has "
+                             + {2: "doubles.", 3: "triples."}.get(b, f"grows {b} times.")),
     "/": _Op("/", lambda a, b: a // b,
              lambda n, t, b: f"Then {n} splits the {t} into {b} equal groups and keeps only "
                              "one group."),
 }
 
 
-def _arithmetic_item(draw: _Draw, index: int, steps: int) -> dict:
+OP_NAMES = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+
+
+def _arithmetic_item(draw: _Draw, index: int, steps: int, ops: tuple[str, ...]) -> dict:
     name, thing = draw.pick(NAMES), draw.pick(THINGS)
     value = draw.between(2, 60)
     sentences = [f"{name} has {value} {thing}."]
     work = []
+    allowed = tuple(OP_NAMES[o] for o in ops)
     for _ in range(steps):
-        symbol = draw.pick(("+", "-", "*", "/") if value <= 200 else ("+", "-", "/"))
+        symbol = draw.pick(allowed if value <= 200 or allowed == ("*",) else
+                           tuple(o for o in allowed if o != "*") or allowed)
+        if symbol == "-" and value < 2:  # nothing to take away: an always-possible operation
+            symbol = draw.pick(tuple(o for o in allowed if o in "+*"))
         if symbol == "+":
             operand = draw.between(2, 90)
-        elif symbol == "-":
-            if value < 3:
-                symbol, operand = "+", draw.between(2, 90)
-            else:
-                operand = draw.between(1, value - 1)
+        elif symbol == "-" and value >= 2:
+            operand = draw.between(1, value - 1)
         elif symbol == "*":
             operand = draw.between(2, 5)
         else:
             divisors = [d for d in range(2, 10) if value % d == 0]
-            if not divisors:  # no exact division: multiply instead
-                symbol, operand = "*", draw.between(2, 4)
-            else:
+            if divisors:
                 operand = draw.pick(divisors)
+            else:  # no exact division: another of the allowed operations
+                symbol = draw.pick(tuple(o for o in allowed if o in "+*"))
+                operand = draw.between(2, 90) if symbol == "+" else draw.between(2, 4)
         op = _OPS[symbol]
         result = op.apply(value, operand)
         sentences.append(op.text(name, thing, operand))
@@ -254,6 +261,18 @@ def _int_in(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+def _subset_of(*allowed: str) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        chosen = tuple(dict.fromkeys(x.strip() for x in text.split(",")))
+        if not chosen or any(x not in allowed for x in chosen):
+            raise ValueError(f"must be a comma-separated subset of {','.join(allowed)}")
+        if not {"add", "mul"} & set(chosen):
+            raise ValueError("needs add or mul (a number cannot always be divided exactly or "
+                             "taken from)")
+        return chosen
+    return parse
+
+
 def _one_of(*allowed: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in allowed:
@@ -263,7 +282,8 @@ def _one_of(*allowed: str) -> Callable[[str], str]:
 
 
 KINDS = {
-    "arithmetic": _Kind({"steps": (_int_in(1, 3), 1)}, _arithmetic_item),
+    "arithmetic": _Kind({"steps": (_int_in(1, 3), 1),
+                         "ops": (_subset_of(*OP_NAMES), tuple(OP_NAMES))}, _arithmetic_item),
     "choice": _Kind({"options": (_int_in(2, 8), 4),
                      "labels": (_one_of("letters", "numbers"), "letters")}, _choice_item),
 }

