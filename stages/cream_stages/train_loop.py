@@ -4,10 +4,16 @@ device and many).
 A `Trainer` (train_torch.py: plain PyTorch in one process; train_deepspeed.py: DeepSpeed ZeRO 2/3
 under torchrun) owns the model, the optimizer and the ranks; this loop owns the order of the work,
 so both backends see the same micro-batches in the same order and step at the same boundaries:
-shuffling by a DistributedSampler seeded with the request's seed (padded with repeats so every
-rank runs the same number of steps), gradient accumulation over groups of micro-batches within an
-epoch, the loss of a step averaged over its micro-batches and the ranks, constant learning rate,
-gradient clipping at 1.0.
+shuffling seeded with the request's seed, gradient accumulation over groups of micro-batches
+within an epoch, the loss of a step averaged over its micro-batches and the ranks, constant
+learning rate, gradient clipping at 1.0.
+
+Ranks share out micro-batches, not examples: the epoch's shuffled examples are cut into
+micro-batches, and the k-th micro-batch of rank r is the epoch's micro-batch k * world_size + r
+(padded with repeats so every rank runs the same number of steps). So W ranks accumulating g
+micro-batches per step take exactly the steps of one process accumulating g * W: the same
+micro-batches, each weighted equally, in the same order. The distributed run is the single-process
+run, only split up (tests/stages/test_distributed_training.py checks it).
 """
 
 from __future__ import annotations
@@ -72,20 +78,23 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, world_size: in
                   rank: int = 0) -> list[list[int]]:
     """This rank's micro-batches (example indices) for one epoch.
 
-    A DistributedSampler shards and shuffles (seed + epoch), padding with repeats so every rank
-    runs the same number of steps (their collectives must line up).
+    The examples are shuffled (seed + epoch, as a DistributedSampler does), cut into micro-batches,
+    and the micro-batches dealt to the ranks in turn by a DistributedSampler (padded with repeats
+    so every rank runs the same number of steps: their collectives must line up).
     """
     from torch.utils.data import DistributedSampler  # noqa: PLC0415
 
-    sampler = DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=True,
-                                 seed=seed)
-    sampler.set_epoch(epoch)
-    order = list(sampler)
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    shuffle = DistributedSampler(range(n), num_replicas=1, rank=0, shuffle=True, seed=seed)
+    shuffle.set_epoch(epoch)
+    order = list(shuffle)
+    micro = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    deal = DistributedSampler(range(len(micro)), num_replicas=world_size, rank=rank,
+                              shuffle=False)
+    return [micro[k] for k in deal]
 
 
 def steps_per_epoch(n: int, train: TrainParams, world_size: int = 1) -> int:
-    micro = math.ceil(math.ceil(n / world_size) / train.batch_size)
+    micro = math.ceil(math.ceil(n / train.batch_size) / world_size)
     return math.ceil(micro / train.gradient_accumulation)
 
 
