@@ -1,4 +1,5 @@
-"""The pure parts of the GPU backends (vLLM, DeepSpeed), which run nowhere in these tests."""
+"""The pure parts of the vLLM and DeepSpeed backends and of the training loop's sharding (vLLM runs
+only on a GPU; DeepSpeed also runs on the CPU in tests/stages/test_distributed_training.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from cream_stages import infer_vllm as vb
 from cream_stages.contract import TrainParams
-from cream_stages.train_deepspeed import deepspeed_config, dist_env
+from cream_stages.train_deepspeed import deepspeed_config, dist_env, placement, single_process_env
 from cream_stages.train_loop import epoch_batches, steps_per_epoch
 
 
@@ -24,6 +25,7 @@ def test_deepspeed_config_zero2_bf16():
     assert cfg["bf16"] == {"enabled": True} and cfg["fp16"] == {"enabled": False}
     assert cfg["optimizer"]["type"] == "AdamW"
     assert cfg["optimizer"]["params"]["lr"] == 1e-6
+    assert "torch_adam" not in cfg["optimizer"]["params"]  # DeepSpeed's FusedAdam on GPUs
 
 
 def test_deepspeed_config_zero3_gathers_weights_for_saving():
@@ -33,6 +35,28 @@ def test_deepspeed_config_zero3_gathers_weights_for_saving():
     assert cfg["zero_optimization"]["stage"] == 3
     assert cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] is True
     assert cfg["bf16"]["enabled"] is False and cfg["train_batch_size"] == 4
+
+
+def test_the_cpu_differs_from_the_gpu_in_one_place():
+    gpu, cpu = placement(cuda=True), placement(cuda=False)
+    assert (gpu.accelerator, gpu.collectives, gpu.set_cuda_device) == ("cuda", "nccl", True)
+    assert (cpu.accelerator, cpu.collectives, cpu.set_cuda_device) == ("cpu", "gloo", False)
+    assert not gpu.torch_adam and gpu.skip_ops == ()
+    assert cpu.torch_adam and cpu.skip_ops == ("deepspeed_shm_comm",)
+    train = TrainParams(epochs=1, learning_rate=1e-3, batch_size=2, backend="deepspeed",
+                        zero_stage=3)
+    on_gpu = deepspeed_config(train, world_size=2)
+    assert deepspeed_config(train, world_size=2, where=gpu) == on_gpu
+    on_cpu = deepspeed_config(train, world_size=2, where=cpu)
+    assert on_cpu["optimizer"]["params"] == {**on_gpu["optimizer"]["params"], "torch_adam": True}
+    assert {k: v for k, v in on_cpu.items() if k != "optimizer"} == \
+        {k: v for k, v in on_gpu.items() if k != "optimizer"}
+
+
+def test_a_stage_without_torchrun_is_a_world_of_one():
+    env = single_process_env(41234)
+    assert env["WORLD_SIZE"] == "1" and env["RANK"] == "0" and env["LOCAL_RANK"] == "0"
+    assert env["MASTER_ADDR"] == "127.0.0.1" and env["MASTER_PORT"] == "41234"
 
 
 def test_dist_env_reads_torchrun_variables(monkeypatch):
@@ -49,6 +73,35 @@ def test_ranks_get_disjoint_shards_of_equal_length():
     assert set().union(*map(set, flat)) == set(range(10))
     assert epoch_batches(10, 2, 3, 0) == epoch_batches(10, 2, 3, 0)
     assert epoch_batches(10, 2, 3, 0) != epoch_batches(10, 2, 3, 1)
+
+
+@pytest.mark.parametrize(("n", "batch", "ranks", "ga"),
+                         [(64, 4, 2, 1), (64, 4, 2, 2), (48, 2, 4, 1), (36, 3, 2, 3)])
+def test_ranks_take_the_micro_batches_one_process_accumulates(n, batch, ranks, ga):
+    """W ranks accumulating g micro-batches per step step on exactly the micro-batches of one
+    process accumulating g * W, in order: the distributed run is the single-process one, split."""
+    for epoch in (0, 1):
+        single = epoch_batches(n, batch, seed=5, epoch=epoch)
+        shards = [epoch_batches(n, batch, 5, epoch, ranks, r) for r in range(ranks)]
+        steps = len(single) // (ga * ranks)
+        assert len(single) == steps * ga * ranks  # sizes without padding
+        for step in range(steps):
+            mine = single[step * ga * ranks:(step + 1) * ga * ranks]
+            theirs = [mb for shard in shards for mb in shard[step * ga:(step + 1) * ga]]
+            assert sorted(mine) == sorted(theirs)
+        train = TrainParams(epochs=1, learning_rate=1e-3, batch_size=batch,
+                            gradient_accumulation=ga)
+        assert steps_per_epoch(n, train, ranks) == steps
+        single_ga = TrainParams(epochs=1, learning_rate=1e-3, batch_size=batch,
+                                gradient_accumulation=ga * ranks)
+        assert steps_per_epoch(n, single_ga) == steps
+
+
+def test_padding_repeats_whole_micro_batches_so_ranks_run_equal_steps():
+    shards = [epoch_batches(9, 2, seed=1, epoch=0, world_size=2, rank=r) for r in range(2)]
+    assert [len(s) for s in shards] == [3, 3]  # 5 micro-batches, the first one again on rank 1
+    assert shards[1][-1] == shards[0][0]
+    assert sorted(i for mb in shards[0] + shards[1][:-1] for i in mb) == list(range(9))
 
 
 def test_steps_per_epoch():
