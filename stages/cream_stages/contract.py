@@ -30,6 +30,7 @@ SCORES_FILE = "scores.jsonl"  # score
 PAIRS_FILE = "pairs.jsonl"  # consistency
 PER_PROMPT_FILE = "consistency.jsonl"  # consistency
 PREDICTIONS_FILE = "predictions.jsonl"  # evaluate
+TRAIN_LOG_FILE = "train_log.jsonl"  # sft, dpo: the loss of every optimizer step, beside the model
 
 StageName = Literal["sft", "sample", "score", "consistency", "dpo", "evaluate"]
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from .contract import DpoRequest, StageInputError, StageResult
+from .contract import TRAIN_LOG_FILE, DpoRequest, StageInputError, StageResult
 from .records import PairRecord, read
 
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def run(req: DpoRequest) -> StageResult | None:
         return None
     return StageResult(
         inputs={"model": req.model, "pairs": req.pairs},
-        outputs={"model": "."},
+        outputs={"model": ".", "train_log": TRAIN_LOG_FILE},
         metrics={"pairs": stats.examples, "steps": stats.steps, "loss_first": stats.loss_first,
                  "loss_last": stats.loss_last},
     )

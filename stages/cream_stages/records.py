@@ -2,7 +2,8 @@
 the model, so a field cannot be written under one name and read under another.
 
 responses.jsonl (sample -> score, consistency), scores.jsonl (score -> consistency),
-pairs.jsonl and consistency.jsonl (consistency -> dpo), predictions.jsonl (evaluate). The user's
+pairs.jsonl and consistency.jsonl (consistency -> dpo), predictions.jsonl (evaluate),
+train_log.jsonl (sft, dpo: the loss curve, for people and for comparing backends). The user's
 own input formats (prompt sets, SFT data, evaluation sets) are data.py's and eval_tasks.py's.
 
 Reading validates every record and fails with the file, the record and the field; numbers must be
@@ -104,6 +105,14 @@ class PredictionRecord(_Record):
     answer: str
     correct: bool
     output: str
+
+
+class TrainStepRecord(_Record):
+    """One optimizer step of sft or dpo: its loss, the mean over its micro-batches and ranks."""
+
+    step: PositiveInt
+    epoch: int = Field(ge=0)
+    loss: FiniteFloat
 
 
 R = TypeVar("R", bound=_Record)

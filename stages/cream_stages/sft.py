@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from .contract import SftRequest, StageInputError, StageResult
+from .contract import TRAIN_LOG_FILE, SftRequest, StageInputError, StageResult
 from .data import load_conversations
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def run(req: SftRequest) -> StageResult | None:
         return None
     return StageResult(
         inputs={"model": req.model, "data": req.data},
-        outputs={"model": "."},
+        outputs={"model": ".", "train_log": TRAIN_LOG_FILE},
         metrics={"examples": stats.examples, "steps": stats.steps,
                  "loss_first": stats.loss_first, "loss_last": stats.loss_last},
     )

@@ -10,8 +10,9 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from .contract import StageInputError, TrainParams
-from .train_loop import LossFn, TrainStats, fit, set_seed
+from . import artifacts
+from .contract import TRAIN_LOG_FILE, StageInputError, TrainParams
+from .train_loop import LossFn, TrainStats, fit, set_seed, steps_per_epoch
 
 
 def open_trainer(model_path: str, train: TrainParams):
@@ -30,7 +31,8 @@ def open_trainer(model_path: str, train: TrainParams):
 
 def train_and_save(model_path: str, tokenizer, examples: Sequence, loss_fn: LossFn,
                    train: TrainParams, seed: int, output: str, desc: str) -> TrainStats | None:
-    """Train the model at model_path on `examples` and save model + tokenizer to `output`.
+    """Train the model at model_path on `examples` and save model + tokenizer to `output`, with
+    the loss of every step in TRAIN_LOG_FILE beside them.
 
     Returns the stats on the process that saved (None on other ranks of a distributed run).
     """
@@ -41,4 +43,10 @@ def train_and_save(model_path: str, tokenizer, examples: Sequence, loss_fn: Loss
     losses = fit(trainer, examples, loss_fn, train, seed, desc)
     if not trainer.save(tokenizer, output):
         return None
+    from .records import TrainStepRecord, write  # noqa: PLC0415
+
+    per_epoch = steps_per_epoch(len(examples), train, trainer.world_size)
+    write(artifacts.join(output, TRAIN_LOG_FILE),
+          (TrainStepRecord(step=i + 1, epoch=i // per_epoch, loss=loss)
+           for i, loss in enumerate(losses)))
     return TrainStats(len(examples), len(losses), losses[0], losses[-1])
