@@ -22,6 +22,19 @@ def run_stage(stage: str, request: dict, workdir: Path, name: str | None = None,
                           capture_output=True, text=True, env=full_env, timeout=600)
 
 
+def run_stage_torchrun(stage: str, request: dict, workdir: Path, nproc: int,
+                       name: str | None = None) -> subprocess.CompletedProcess:
+    """The stage under torchrun with `nproc` processes on this machine, as the operator launches
+    a multi-GPU stage (`--standalone`: a rendezvous on a free local port)."""
+    path = workdir / f"{name or stage}.request.json"
+    path.write_text(json.dumps(request))
+    env = {**os.environ, "CREAM_TERMINATION_LOG": str(workdir / f"{name or stage}.term")}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={nproc}", "-m", "cream_stages", stage,
+                           "--request", str(path)],
+                          capture_output=True, text=True, env=env, timeout=900)
+
+
 def termination_message(workdir: Path, name: str) -> str:
     path = workdir / f"{name}.term"
     return path.read_text() if path.exists() else ""
