@@ -18,6 +18,9 @@ autograd's accumulation), and Adam passes it on, so:
   model that trained differently;
 - the saved weights agree within WEIGHT_TOL = 1e-4 (measured: 1.5e-6).
 
+sft also runs DeepSpeed in one process without torchrun (a world of one), accumulating two
+micro-batches like the single process: DeepSpeed must step where the loop marks the boundary.
+
 The example counts are chosen so the ranks need no padding (64 examples in micro-batches of 4,
 32 pairs in micro-batches of 2, over 2 ranks): with padding a distributed epoch repeats a
 micro-batch the single process does not, and the last step differs by design.
@@ -80,21 +83,28 @@ def data(tmp_path_factory, tiny):
     return {"sft": str(sft), "pairs": str(pairs), "held_out": held_out, "tokenizer": tokenizer}
 
 
-def _train(tmp_path_factory, stage: str, inputs: dict, batch: int, epochs: int) -> dict:
-    """The same stage three ways: one process (gradient accumulation 2), and two ranks under
-    torchrun with ZeRO-2 and with ZeRO-3 (no accumulation). name -> output directory."""
+SINGLE = {"backend": "transformers", "gradient_accumulation": RANKS}
+ZERO2 = {"backend": "deepspeed", "zero_stage": 2}
+ZERO3 = {"backend": "deepspeed", "zero_stage": 3}
+# DeepSpeed without torchrun (a world of one), accumulating like the single process: DeepSpeed
+# must step where the loop says (set_gradient_accumulation_boundary), not where it counts.
+ZERO2_ONE_PROCESS = {"backend": "deepspeed", "zero_stage": 2, "gradient_accumulation": RANKS}
+
+
+def _train(tmp_path_factory, stage: str, inputs: dict, batch: int, epochs: int,
+           runs: dict[str, dict]) -> dict:
+    """The same stage in several ways: name -> (train settings) -> output directory. "single"
+    runs in one process; a DeepSpeed run without accumulation runs as RANKS ranks under
+    torchrun."""
     root = tmp_path_factory.mktemp(f"dist-{stage}")
     train = {"epochs": epochs, "learning_rate": 1e-3, "batch_size": batch,
              "max_length": MAX_LENGTH}
     outputs = {}
-    runs = {"single": {"backend": "transformers", "gradient_accumulation": RANKS},
-            "zero2": {"backend": "deepspeed", "zero_stage": 2},
-            "zero3": {"backend": "deepspeed", "zero_stage": 3}}
     for name, backend in runs.items():
         out = root / name
         request = {"stage": stage, "output": str(out), "model": TINY, **inputs,
                    "train": {**train, **backend}}
-        if name == "single":
+        if backend.get("gradient_accumulation", 1) > 1:
             proc = run_stage(stage, request, root, name)
         else:
             proc = run_stage_torchrun(stage, request, root, RANKS, name)
@@ -105,13 +115,15 @@ def _train(tmp_path_factory, stage: str, inputs: dict, batch: int, epochs: int) 
 
 @pytest.fixture(scope="module")
 def sft_runs(tmp_path_factory, data):
-    return _train(tmp_path_factory, "sft", {"data": data["sft"]}, SFT_BATCH, SFT_EPOCHS)
+    return _train(tmp_path_factory, "sft", {"data": data["sft"]}, SFT_BATCH, SFT_EPOCHS,
+                  {"single": SINGLE, "zero2": ZERO2, "zero3": ZERO3,
+                   "zero2_one_process": ZERO2_ONE_PROCESS})
 
 
 @pytest.fixture(scope="module")
 def dpo_runs(tmp_path_factory, data):
     return _train(tmp_path_factory, "dpo", {"pairs": data["pairs"], "beta": 0.1}, DPO_BATCH,
-                  DPO_EPOCHS)
+                  DPO_EPOCHS, {"single": SINGLE, "zero2": ZERO2, "zero3": ZERO3})
 
 
 def _losses(out: Path) -> list[float]:
@@ -140,11 +152,11 @@ def _check_parity(runs: dict, data, tiny, examples: int, batch: int, epochs: int
     reference = _held_out_scores(runs["single"], data)
     assert max(abs(a - b) for a, b in zip(reference, base, strict=True)) > 100 * SCORE_TOL
     weights = _load(runs["single"]).state_dict()
-    for name in ("zero2", "zero3"):
+    for name in set(runs) - {"single"}:
         out = runs[name]
         manifest = json.loads((out / "manifest.json").read_text())
         # Two ranks, one micro-batch each per step: half the micro-batches per rank, the same
-        # number of optimizer steps as the single process accumulating two.
+        # number of optimizer steps as one process accumulating two.
         assert manifest["metrics"]["steps"] == steps, name
         assert manifest["outputs"] == {"model": ".", "train_log": "train_log.jsonl"}
         assert _losses(out) == pytest.approx(single, abs=LOSS_TOL), name
@@ -157,7 +169,8 @@ def _check_parity(runs: dict, data, tiny, examples: int, batch: int, epochs: int
         assert diff <= WEIGHT_TOL, f"{name}: weights differ by {diff}"
 
 
-def test_sft_zero2_and_zero3_on_two_ranks_match_one_process(sft_runs, data, tiny):
+def test_sft_zero2_and_zero3_on_two_ranks_and_deepspeed_in_one_process_match_transformers(
+        sft_runs, data, tiny):
     _check_parity(sft_runs, data, tiny, SFT_EXAMPLES, SFT_BATCH, SFT_EPOCHS)
 
 
