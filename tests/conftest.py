@@ -13,5 +13,6 @@ from kubeharness.fixtures import (  # noqa: F401 - fixtures, used by name
     node_agent,
     prometheus_factory,
     s3,
+    second_node,
     wait_until,
 )

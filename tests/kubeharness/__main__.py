@@ -59,7 +59,7 @@ def cmd_serve(args) -> None:
     from .s3server import S3Server
 
     state = args.state.resolve()
-    cluster = Cluster(state, gpus=args.gpus)
+    cluster = Cluster(state, gpus=args.gpus, nodes=args.nodes)
     s3 = S3Server(state)
     stopping = False
 
@@ -77,7 +77,7 @@ def cmd_serve(args) -> None:
         info = {
             "kubeconfig": str(cluster.kubeconfig),
             "server": cluster.control_plane.server,
-            "node": cluster.node_name, "gpus": cluster.gpus,
+            "node": cluster.node_name, "nodes": list(cluster.agents), "gpus": cluster.gpus,
             "pods_dir": str(cluster.pods_dir),
             "logs_dir": str(state / "logs"),
             "s3": {"endpoint": s3.endpoint, "access_key": s3.access_key,
@@ -110,7 +110,7 @@ def cmd_up(args) -> None:
     with open(state / "serve.log", "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "kubeharness", "serve", f"--state={state}",
-             f"--gpus={args.gpus}"],
+             f"--gpus={args.gpus}", f"--nodes={args.nodes}"],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # outlives this command, like a daemon
         )
@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("tools", "up", "down", "status", "serve"):
         sp = sub.add_parser(name)
         sp.add_argument("--state", type=Path, default=DEFAULT_STATE)
-        sp.add_argument("--gpus", type=int, default=8)
+        sp.add_argument("--gpus", type=int, default=8, help="nvidia.com/gpu per node")
+        sp.add_argument("--nodes", type=int, default=1, help="node agents, each its own Node")
     args = p.parse_args(argv)
     {"tools": cmd_tools, "up": cmd_up, "down": cmd_down, "status": cmd_status,
      "serve": cmd_serve}[args.cmd](args)

@@ -25,6 +25,9 @@ Session-scoped:
 ``node_agent``         NodeAgentInfo: ``.name``, ``.gpus``, ``.pods_dir``, and
                        ``.log(pod, container=None) -> Path`` for a container's output file
                        (``<pods_dir>/<namespace>_<pod>_<uid>/<container>.log``).
+``second_node``        (module-scoped) the name of a second Node, another node agent with its own
+                       address block, for multi-node tests; removed after the module, so the
+                       other tests see the one-node cluster.
 ``s3``                 kubeharness.s3server.S3Server: ``.endpoint``, ``.access_key``,
                        ``.secret_key``, ``.region``, ``.make_bucket(name=None) -> name``,
                        ``.client()`` (boto3), ``.env()`` (AWS_* variables for a subprocess).
@@ -167,6 +170,15 @@ class NodeAgentInfo:
 @pytest.fixture(scope="session")
 def node_agent(cluster: Cluster) -> NodeAgentInfo:
     return NodeAgentInfo(cluster.node_name, cluster.gpus, cluster.pods_dir)
+
+
+@pytest.fixture(scope="module")
+def second_node(cluster: Cluster) -> Iterator[str]:
+    node = cluster.add_node()
+    try:
+        yield node
+    finally:
+        cluster.remove_node(node)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,12 @@
 """Container start-up, run by the node agent inside a fresh mount namespace:
 
-    unshare --mount --propagation private python -I -S launch.py '<json>'
+    unshare --mount --uts --propagation private python -I -S launch.py '<json>'
 
 with ``{"mounts": [[source, target, read_only, is_file], ...], "workdir": ...,
-"host_workdir": bool, "keep": [path, ...], "argv": [...]}``.
-It bind-mounts every source at its target, changes to the working directory and execs argv (so
-the container's process keeps this pid). Standard library only, no site: it runs once per start.
+"host_workdir": bool, "keep": [path, ...], "hostname": ..., "argv": [...]}``.
+It sets the (namespaced) hostname, bind-mounts every source at its target, changes to the working
+directory and execs argv (so the container's process keeps this pid). Standard library only, no
+site: it runs once per start.
 
 Every source is opened before the first mount: a mount at /tmp would otherwise hide a source
 that lives under /tmp (the Pod's own state dir often does). Mounting from /proc/self/fd/N reaches
@@ -19,6 +20,7 @@ bind-mounted back, since images are not pulled and the process runs from them.
 import ctypes
 import json
 import os
+import socket
 import sys
 
 MS_RDONLY, MS_REMOUNT, MS_BIND, MS_REC = 1, 32, 4096, 16384
@@ -35,6 +37,8 @@ def _mount(source: str | None, target: str, flags: int) -> None:
 
 def main() -> None:
     spec = json.loads(sys.argv[1])
+    if spec.get("hostname"):  # a UTS namespace of its own: the Pod's name, not the machine's
+        socket.sethostname(spec["hostname"])
     # parents before children, as container runtimes order them
     mounts = sorted(spec["mounts"], key=lambda m: os.path.normpath(m[1]).count("/"))
     fds = [os.open(src, os.O_PATH | os.O_CLOEXEC) for src, *_ in mounts]

@@ -11,8 +11,14 @@ as root) where every volumeMount, and the termination-message file, is bind-moun
 mountPath, so a process reads ``/etc/config/x`` as in a real container while two Pods mounting the
 same path do not collide. A missing mountpoint is created (empty) on the host first.
 
+Network identity (podnet.py): the node owns a block of loopback addresses and gives each Pod its
+own as podIP; each container runs in its own UTS namespace with the Pod's hostname, and gets an
+/etc/hosts with its own name and the records cluster DNS would serve for the headless Services of
+its namespace (kept current as Pods and Services change). Several agents, each a Node with its own
+block, make a multi-node cluster on one machine.
+
 It reports what the kubelet reports (phase, conditions, container states with exit codes, reasons
-and termination messages, restart counts, podIP 127.0.0.1), so the real Job controller completes,
+and termination messages, restart counts, podIP), so the real Job controller completes,
 retries and fails Jobs. Deleting a Pod kills its process groups (SIGTERM, then SIGKILL after the
 grace period, capped at MAX_GRACE), records the terminal phase, and removes the Pod with grace 0.
 
@@ -36,7 +42,7 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from . import podspec
+from . import podnet, podspec
 from .binaries import KUBERNETES_VERSION
 from .podrun import PodRun, delete_now, now, now_micro, raw
 
@@ -46,15 +52,18 @@ LEASE_SECONDS = 40
 RENEW_EVERY = 10.0
 STATUS_EVERY = 30.0
 RELIST_EVERY = 50  # seconds a watch runs before a full re-list (also the resync)
+DNS_EVERY = 1.0  # seconds between refreshes of the Pods' /etc/hosts
 MERGE_PATCH = "application/merge-patch+json"
 STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 
 
 class NodeAgent:
     def __init__(self, api: client.ApiClient, node: str, state: Path, gpus: int = 8,
-                 cpu: str = "16", memory: str = "64Gi", pods: int = 110):
+                 cpu: str = "16", memory: str = "64Gi", pods: int = 110,
+                 pod_cidr: str = str(podnet.FIRST_BLOCK)):
         self.api = api
         self.core = client.CoreV1Api(api)
+        self.addresses = podnet.PodAddresses(pod_cidr)
         self.coordination = client.CoordinationV1Api(api)
         self.reader = podspec.Reader(self.core)
         self.node = node
@@ -76,7 +85,7 @@ class NodeAgent:
         drop = ("KUBECONFIG", "PYTEST_", "KUBERNETES_")
         env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
         env["PATH"] = f"{self.venv_bin}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
-        env["HOSTNAME"] = pod["metadata"]["name"]
+        env["HOSTNAME"] = podnet.hostname(pod)
         # in-cluster config (kubernetes.config.load_incluster_config, kopf) finds the API here
         port = str(self.api_port)
         env.update({
@@ -107,7 +116,7 @@ class NodeAgent:
                 cond("PIDPressure", "False", "KubeletHasSufficientPID", "ok"),
                 cond("Ready", "True", "KubeletReady", "kubeharness node agent is posting ready"),
             ],
-            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"},
+            "addresses": [{"type": "InternalIP", "address": self.addresses.node_ip},
                           {"type": "Hostname", "address": self.node}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
             "nodeInfo": {
@@ -126,7 +135,8 @@ class NodeAgent:
                 "kubernetes.io/hostname": self.node, "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": "amd64", "node.kubernetes.io/instance-type": "kubeharness",
             }},
-            "spec": {},
+            "spec": {"podCIDR": str(self.addresses.block),
+                     "podCIDRs": [str(self.addresses.block)]},
             "status": self._node_status(),
         }
         try:
@@ -243,6 +253,27 @@ class NodeAgent:
                 log.warning("pod watch: %r", e)
                 self.stopping.wait(1.0)
 
+    # --- name resolution ----------------------------------------------------------------------
+    def dns_view(self, namespace: str) -> tuple[list[dict], list[dict]]:
+        """The namespace's Services and Pods (all nodes'): what its Pods' DNS records come from."""
+        services = raw(self.core.list_namespaced_service(namespace, _preload_content=False))
+        pods = raw(self.core.list_namespaced_pod(namespace, _preload_content=False))
+        return services["items"], pods["items"]
+
+    def refresh_names(self) -> None:
+        """Rewrite the /etc/hosts of this node's running Pods as their namespaces change (a
+        poll every DNS_EVERY seconds: records appear as Pods get addresses, like DNS's)."""
+        while not self.stopping.wait(DNS_EVERY):
+            try:
+                runs = [r for r in list(self.runs.values()) if not r.done.is_set()]
+                for ns in {r.ns for r in runs}:
+                    view = self.dns_view(ns)
+                    for run in runs:
+                        if run.ns == ns:
+                            run.write_hosts(view)
+            except Exception as e:  # the API server may be restarting: try again next tick
+                log.warning("name resolution: %r", e)
+
     def shutdown(self) -> None:
         self.stopping.set()
         for run in list(self.runs.values()):
@@ -252,6 +283,7 @@ class NodeAgent:
     def serve(self, ready_file: Path | None = None) -> None:
         self.register()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        threading.Thread(target=self.refresh_names, name="names", daemon=True).start()
         if ready_file:
             ready_file.write_text(self.node)
         self.watch_pods()
@@ -270,6 +302,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--gpus", type=int, default=8)
     p.add_argument("--cpu", default="16")
     p.add_argument("--memory", default="64Gi")
+    p.add_argument("--pod-cidr", default=str(podnet.FIRST_BLOCK),
+                   help="this node's loopback block: its InternalIP and its Pods' addresses")
     p.add_argument("--ready-file", type=Path)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -280,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     config.load_kube_config(config_file=args.kubeconfig, client_configuration=cfg)
     cfg.connection_pool_maxsize = 64
     agent = NodeAgent(client.ApiClient(cfg), args.node, args.state, args.gpus, args.cpu,
-                      args.memory)
+                      args.memory, pod_cidr=args.pod_cidr)
 
     def on_term(signum, frame):
         agent.shutdown()

@@ -1,7 +1,8 @@
 """One Pod on the local node: its containers' processes, restarts, status and deletion.
 
 The node agent (nodeagent.py) creates a PodRun per Pod bound to its node; see its docstring for the
-model. Each container starts through launch.py in a private mount namespace.
+model. Each container starts through launch.py in private mount and UTS namespaces, with the
+Pod's hostname and its /etc/hosts (podnet.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from kubernetes.client.exceptions import ApiException
 
-from . import podspec
+from . import podnet, podspec
 from .process import die_with_parent
 
 if TYPE_CHECKING:
@@ -129,15 +130,17 @@ class ContainerRun:
         self.message_path.parent.mkdir(parents=True, exist_ok=True)
         self.message_path.write_bytes(b"")
         msg_target = self.spec.get("terminationMessagePath") or "/dev/termination-log"
-        all_mounts = [*mounts, podspec.Mount(self.message_path, msg_target, False, True)]
+        all_mounts = [podspec.Mount(pr.hosts_path, "/etc/hosts", False, True), *mounts,
+                      podspec.Mount(self.message_path, msg_target, False, True)]
         spec = json.dumps({"mounts": [[str(m.source), m.target, m.read_only, m.is_file]
                                       for m in all_mounts],
                            "workdir": workdir or str(host_workdir),
-                           "host_workdir": not workdir, "keep": KEEP, "argv": argv})
+                           "host_workdir": not workdir, "keep": KEEP,
+                           "hostname": podnet.hostname(pr.pod), "argv": argv})
         started = now()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
-                ["unshare", "--mount", "--propagation", "private",
+                ["unshare", "--mount", "--uts", "--propagation", "private",
                  sys.executable, "-I", "-S", LAUNCHER, spec],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=pr.dir, start_new_session=True, preexec_fn=die_with_parent,
@@ -179,6 +182,12 @@ class PodRun(threading.Thread):
         self.ns, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
         self.dir = agent.state / "pods" / f"{self.ns}_{self.pod_name}_{self.uid}"
         self.dir.mkdir(parents=True, exist_ok=True)
+        # The Pod's address, from the node's block; fieldRefs (status.podIP) read it from here.
+        self.pod_ip, self.host_ip = agent.addresses.next(), agent.addresses.node_ip
+        pod.setdefault("status", {}).update(podIP=self.pod_ip, hostIP=self.host_ip)
+        self.hosts_path = self.dir / "etc-hosts"
+        self._hosts_lock = threading.Lock()
+        self._hosts_text = ""
         spec = pod["spec"]
         self.restart_policy = spec.get("restartPolicy", "Always")
         self.inits = [ContainerRun(self, c, True) for c in spec.get("initContainers") or []]
@@ -239,8 +248,8 @@ class PodRun(threading.Thread):
                 status["conditions"] = [c for t, c in old.items() if t not in ours_types] + ours
                 status.update({
                     "phase": self.phase,
-                    "hostIP": "127.0.0.1", "hostIPs": [{"ip": "127.0.0.1"}],
-                    "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}],
+                    "hostIP": self.host_ip, "hostIPs": [{"ip": self.host_ip}],
+                    "podIP": self.pod_ip, "podIPs": [{"ip": self.pod_ip}],
                     "startTime": self.start_time,
                     "containerStatuses": [c.status() for c in self.mains],
                     "qosClass": status.get("qosClass", "BestEffort"),
@@ -260,6 +269,15 @@ class PodRun(threading.Thread):
                     if e.status != 409:
                         raise
             log.warning("gave up writing the status of %s/%s", self.ns, self.pod_name)
+
+    def write_hosts(self, view: tuple[list[dict], list[dict]] | None = None) -> None:
+        """(Re)write the Pod's /etc/hosts from its namespace's Services and Pods."""
+        services, pods = view if view is not None else self.agent.dns_view(self.ns)
+        text = podnet.hosts_file(self.pod, self.pod_ip, services, pods)
+        with self._hosts_lock:
+            if text != self._hosts_text:
+                podnet.rewrite_in_place(self.hosts_path, text)
+                self._hosts_text = text
 
     # --- lifecycle ----------------------------------------------------------------------------
     def request_delete(self, grace: float | None) -> None:
@@ -286,6 +304,7 @@ class PodRun(threading.Thread):
         self.push_status()
 
     def _run(self) -> None:
+        self.write_hosts()
         self.push_status()
         volumes = self._prepare_volumes()
         if volumes is None:

@@ -88,6 +88,8 @@ _SUBSCRIPT = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 
 def field_ref(pod: dict, path: str) -> str:
     meta = pod["metadata"]
+    status = pod.get("status") or {}
+    pod_ip, host_ip = status.get("podIP", "127.0.0.1"), status.get("hostIP", "127.0.0.1")
     if m := _SUBSCRIPT.match(path):
         return (meta.get(m.group(1)) or {}).get(m.group(2), "")
     simple = {
@@ -96,10 +98,10 @@ def field_ref(pod: dict, path: str) -> str:
         "metadata.uid": meta.get("uid", ""),
         "spec.nodeName": pod["spec"].get("nodeName", ""),
         "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
-        "status.hostIP": "127.0.0.1",
-        "status.hostIPs": "127.0.0.1",
-        "status.podIP": "127.0.0.1",
-        "status.podIPs": "127.0.0.1",
+        "status.hostIP": host_ip,
+        "status.hostIPs": host_ip,
+        "status.podIP": pod_ip,
+        "status.podIPs": pod_ip,
     }
     if path in simple:
         return simple[path]
