@@ -19,6 +19,8 @@ class OperatorConfig:
     default_gpus: int = 1
     # The Python that runs `-m cream_stages` inside the stage image.
     python: str = "python"
+    # The port of multi-node training's rendezvous (torchrun --master_port on index 0's Pod).
+    torchrun_port: int = 29500
     extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -35,5 +37,6 @@ class OperatorConfig:
             s3_secret=env.get("CREAM_S3_SECRET", cls.s3_secret),
             default_gpus=int(env.get("CREAM_DEFAULT_GPUS", cls.default_gpus)),
             python=env.get("CREAM_STAGE_PYTHON", cls.python),
+            torchrun_port=int(env.get("CREAM_TORCHRUN_PORT", cls.torchrun_port)),
             extra_env=extra,
         )

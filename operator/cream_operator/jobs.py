@@ -24,7 +24,6 @@ LABEL_ITERATION = f"{GROUP}/iteration"
 LABEL_STAGE = f"{GROUP}/stage"
 ANNOTATION_STEP = f"{GROUP}/step"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
-TORCHRUN_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
 NAME_MAX = 63  # a Job's name becomes its Pods' job-name label value
 
@@ -99,7 +98,7 @@ def container_command(step: Step, name: str, config: OperatorConfig, gpus: int,
         torchrun += [
             "--node_rank=$(JOB_COMPLETION_INDEX)",
             f"--master_addr={name}-0.{name}",
-            f"--master_port={TORCHRUN_PORT}",
+            f"--master_port={config.torchrun_port}",
         ]
     return torchrun, ["-m", "cream_stages", *stage_args]
 
@@ -187,7 +186,9 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     if sched.queue_name:
         job_labels[KUEUE_QUEUE] = sched.queue_name
     job_spec: dict = {
-        "backoffLimit": sched.backoff_limit,
+        # Retries of the stage: one failed attempt of an N-Pod (multi-node) Job fails up to N Pods,
+        # since the other ranks fail when one dies, and each counts against the limit.
+        "backoffLimit": sched.backoff_limit * nodes,
         # Bad input (exit code 2) fails the same way every time: fail the Job at once. Anything
         # else (a crash, an OOM kill, a lost node) is retried up to backoffLimit.
         "podFailurePolicy": {"rules": [
@@ -209,7 +210,7 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     if nodes > 1:
         job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
         pod_spec["subdomain"] = name
-        container["ports"] = [{"containerPort": TORCHRUN_PORT, "name": "rendezvous"}]
+        container["ports"] = [{"containerPort": config.torchrun_port, "name": "rendezvous"}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -229,6 +230,7 @@ def headless_service(run: dict, step: Step, job: dict) -> dict | None:
     if job["spec"].get("completionMode") != "Indexed":
         return None
     name = job["metadata"]["name"]
+    [port] = job["spec"]["template"]["spec"]["containers"][0]["ports"]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -241,7 +243,7 @@ def headless_service(run: dict, step: Step, job: dict) -> dict | None:
         "spec": {
             "clusterIP": "None",
             "selector": {"job-name": name},
-            "ports": [{"name": "rendezvous", "port": TORCHRUN_PORT}],
+            "ports": [{"name": "rendezvous", "port": port["containerPort"]}],
             "publishNotReadyAddresses": True,
         },
     }

@@ -101,12 +101,29 @@ def test_multi_node_training_is_an_indexed_job_with_a_headless_service():
     command = pod["containers"][0]["command"]
     assert "--nnodes=4" in command and "--node_rank=$(JOB_COMPLETION_INDEX)" in command
     assert f"--master_addr={name}-0.{name}" in command
+    assert "--master_port=29500" in command
     svc = jobs.headless_service(RUN, steps["iter-0/sft"], job)
     assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == name
     assert svc["spec"]["selector"] == {"job-name": name}
+    assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 29500}]
+    # One failed attempt fails up to 4 Pods: the limit counts retries of the stage.
+    assert job["spec"]["backoffLimit"] == 2 * 4
     # Sampling never spans nodes.
     sample = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
     assert "completionMode" not in sample["spec"]
+
+
+def test_the_rendezvous_port_is_the_operators_setting():
+    doc = copy.deepcopy(BIG)
+    doc["spec"]["resources"]["dpo"]["nodes"] = 2
+    spec, steps = _steps(doc)
+    config = OperatorConfig.from_env({"CREAM_TORCHRUN_PORT": "31234"})
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/dpo"], config)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert "--master_port=31234" in container["command"]
+    assert container["ports"] == [{"containerPort": 31234, "name": "rendezvous"}]
+    svc = jobs.headless_service(RUN, steps["iter-1/dpo"], job)
+    assert svc["spec"]["ports"] == [{"name": "rendezvous", "port": 31234}]
 
 
 def test_kueue_admits_jobs_through_suspend_and_the_queue_label():
