@@ -109,13 +109,22 @@ class DeepSpeedTrainer:
         import torch  # noqa: PLC0415
 
         self.where = placement(torch.cuda.is_available())
-        # DeepSpeed picks its accelerator once, at import: say which before it is imported.
+        # DeepSpeed picks its accelerator once, when first imported: say which before that.
+        # (transformers may have imported it already, through accelerate's save_pretrained
+        # helpers: its own detection then chose, by the same rule, which is checked below.)
         os.environ.setdefault("DS_ACCELERATOR", self.where.accelerator)
         if "WORLD_SIZE" not in os.environ:
             os.environ.update(single_process_env(_free_port()))
         import deepspeed  # noqa: PLC0415
         import deepspeed.ops  # noqa: PLC0415
+        from deepspeed.accelerator import get_accelerator  # noqa: PLC0415
         from transformers.integrations import HfDeepSpeedConfig  # noqa: PLC0415
+
+        chosen = get_accelerator().device_name()
+        if chosen != self.where.accelerator:
+            raise RuntimeError(f"DeepSpeed chose its {chosen!r} accelerator but this run needs "
+                               f"{self.where.accelerator!r}: set DS_ACCELERATOR="
+                               f"{self.where.accelerator}")
 
         self.world_size, self.rank, local_rank = dist_env()
         if self.where.set_cuda_device:
