@@ -20,6 +20,7 @@ from operator_process import JobCreations, OperatorProcess
 from cream_operator import pipeline, specfile
 from cream_operator.spec import GROUP, PLURAL, VERSION
 from cream_stages.contract import MANIFEST
+from kubeharness.process import free_port
 
 pytestmark = pytest.mark.cluster
 
@@ -395,6 +396,16 @@ def smollm2_operator(crd, kube_env, namespace, bucket, s3_secret, tmp_path):
     op.stop()
 
 
+@pytest.fixture
+def multinode_operator(crd, kube_env, namespace, bucket, s3_secret, tmp_path):
+    # torchrun's store on index 0 binds the rendezvous port on every address of this machine:
+    # a free one, not the default 29500, which anything else here may hold.
+    env = {**kube_env, "CREAM_TORCHRUN_PORT": str(free_port())}
+    op = OperatorProcess(env, namespace, tmp_path, f"s3://{bucket}/runs").start()
+    yield op
+    op.stop()
+
+
 def test_smollm2_run_succeeds_through_the_operator(
         k8s_api, kubectl, namespace, smollm2_operator, wait_until):
     doc = _smollm2_small()
@@ -409,3 +420,129 @@ def test_smollm2_run_succeeds_through_the_operator(
         assert results[t]["pairs"] + results[t]["dropped"] == 2
     for t in (0, 1, 2):
         assert set(results[t]["accuracy"]) == {"arithmetic", "choice5"}
+
+
+def _workers(step: str, run: str, index: int) -> list[int]:
+    """The training processes (torchrun's workers, which have a RANK) of one Pod of a
+    multi-node stage."""
+    pids = []
+    for pid in _stage_pids(step, run):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"JOB_COMPLETION_INDEX={index}".encode() in env and any(
+                v.startswith(b"RANK=") for v in env):
+            pids.append(pid)
+    return pids
+
+
+def _listening(pid: int) -> set[str]:
+    """The IPv4 addresses a process listens on (its sockets in /proc/net/tcp, state LISTEN)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        target = os.readlink(fd) if fd.is_symlink() else ""
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = set()
+    for line in Path(f"/proc/{pid}/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and fields[9] in inodes:
+            ip = bytes.fromhex(fields[1].split(":")[0])[::-1]
+            found.add(".".join(str(b) for b in ip))
+    return found
+
+
+def _step_job(k8s_api, namespace, step: str):
+    return next((j for j in _jobs(k8s_api, namespace)
+                 if j.metadata.annotations.get(f"{GROUP}/step") == step), None)
+
+
+def _pods_of(k8s_api, namespace, job: str) -> list:
+    return client.CoreV1Api(k8s_api).list_namespaced_pod(
+        namespace, label_selector=f"batch.kubernetes.io/job-name={job}").items
+
+
+def test_two_node_training_runs_as_indexed_jobs_and_a_killed_worker_retries_the_stage(
+        k8s_api, kubectl, namespace, multinode_operator, s3, bucket, wait_until,
+        node_agent, second_node):
+    """sft and dpo on two nodes: an Indexed Job of two Pods (more than half a node's CPUs each,
+    so one per Node) that find each other through the headless Service's names, rendezvous with
+    torchrun and train with DeepSpeed over gloo (ZeRO-3 for sft, ZeRO-2 for dpo). One worker is
+    killed mid-training: both Pods fail, the Job runs the stage again from the start, and no
+    model is committed in between."""
+    op = multinode_operator
+    two_nodes = {"gpus": 0, "cpu": "9", "memory": "2Gi", "nodes": 2}
+    doc = _tiny(iterations=1, evaluation={"tasks": [], "baseline": False})
+    doc["metadata"]["name"] = "two-nodes"
+    spec = doc["spec"]
+    spec["sft"].update(backend="deepspeed", zeroStage=3)
+    spec["dpo"].update(backend="deepspeed", zeroStage=2)
+    spec["resources"].update(sft=two_nodes, dpo=two_nodes)
+    _apply(kubectl, namespace, doc)
+    run = f"{namespace}/two-nodes"
+
+    # Mid-training: rank 0's progress bar has moved, then kill the worker on index 1.
+    def training():
+        status = _status(k8s_api, namespace, "two-nodes")
+        assert status.get("phase") != "Failed", json.dumps(status, indent=1)
+        job = _step_job(k8s_api, namespace, "iter-0/sft")
+        for pod in _pods_of(k8s_api, namespace, job.metadata.name) if job else []:
+            if pod.metadata.annotations.get("batch.kubernetes.io/job-completion-index") == "0":
+                log = node_agent.log(pod)
+                steps = re.findall(r"sft:\s+\d+%\|[^|]*\|\s*(\d+)/(\d+)", log.read_text(
+                    errors="replace")) if log.exists() else []
+                if steps and 3 <= int(steps[-1][0]) < int(steps[-1][1]):
+                    return job
+        return None
+
+    job = wait_until(training, RUN_TIMEOUT, "sft to be training on two nodes", interval=0.5)
+    sft = next(s for s in pipeline.plan(specfile.parse(doc).spec,
+                                        _status(k8s_api, namespace, "two-nodes")["artifacts"])
+               if s.key == "iter-0/sft")
+    out = sft.request.output.removeprefix(f"s3://{bucket}/")
+    # Each rank's collectives (gloo) listen on its own Pod's address: the one its hostname
+    # resolves to through the Pod's /etc/hosts.
+    pods = {p.metadata.annotations["batch.kubernetes.io/job-completion-index"]: p
+            for p in _pods_of(k8s_api, namespace, job.metadata.name)
+            if p.status.phase == "Running"}
+    for index in (0, 1):
+        [worker] = wait_until(lambda i=index: _workers("iter-0/sft", run, i), 30,
+                              f"index {index}'s worker")
+        assert pods[str(index)].status.pod_ip in _listening(worker)
+    workers = _workers("iter-0/sft", run, 1)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+
+    # The survivor fails too (gloo sees its peer gone), the Job counts both and starts the stage
+    # again; meanwhile nothing of the half-trained model is in S3, manifest or weights.
+    def first_attempt_failed():
+        current = client.BatchV1Api(k8s_api).read_namespaced_job(job.metadata.name, namespace)
+        return (current.status.failed or 0) >= 2
+
+    wait_until(first_attempt_failed, 300, "both Pods of the first attempt to fail")
+    assert s3.client().list_objects_v2(Bucket=bucket, Prefix=out).get("KeyCount", 0) == 0
+
+    status = _wait_phase(wait_until, k8s_api, namespace, "two-nodes", {"Succeeded", "Failed"},
+                         op)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)
+
+    manifest = json.loads(s3.client().get_object(
+        Bucket=bucket, Key=f"{out}/{MANIFEST}")["Body"].read())
+    # The whole training, not a resumed half: 66 examples in micro-batches of 8 over 2 ranks is
+    # 5 steps an epoch (train_loop.steps_per_epoch), 15 epochs.
+    assert manifest["metrics"]["steps"] == 15 * 5
+    log = s3.client().get_object(Bucket=bucket, Key=f"{out}/train_log.jsonl")["Body"].read()
+    assert len(log.splitlines()) == 75
+    for step, failures in (("iter-0/sft", 2), ("iter-1/dpo", 0)):
+        job = _step_job(k8s_api, namespace, step)
+        name = job.metadata.name
+        assert job.spec.completion_mode == "Indexed" and job.spec.completions == 2
+        assert job.status.succeeded == 2 and (job.status.failed or 0) == failures, step
+        service = client.CoreV1Api(k8s_api).read_namespaced_service(name, namespace)
+        assert service.spec.cluster_ip == "None"
+        done = [p for p in _pods_of(k8s_api, namespace, name) if p.status.phase == "Succeeded"]
+        assert {p.spec.node_name for p in done} == {node_agent.name, second_node}, step
+        assert len({p.status.pod_ip for p in done}) == 2
+        assert {p.spec.hostname for p in done} == {f"{name}-0", f"{name}-1"}
+        assert all(p.spec.subdomain == name for p in done)
