@@ -3,11 +3,12 @@
 #                        kubectl, etcd, helm, the S3 server and Kueue (cached under
 #                        $${XDG_CACHE_HOME:-~/.cache}/cream-operator/bin), install prometheus
 #   make cluster-up      start a cluster in the background (state in $(CLUSTER_STATE)); prints
-#                        the kubeconfig path
+#                        the kubeconfig path (CLUSTER_NODES=2 for two nodes)
 #   make cluster-down    stop it
 # `tools` needs only the standard library, so it runs before the venv exists.
 CLUSTER_STATE ?= build/cluster
 CLUSTER_GPUS ?= 8
+CLUSTER_NODES ?= 1
 KUBEHARNESS = PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH}
 
 .PHONY: cluster-tools cluster-up cluster-down cluster-status
@@ -16,7 +17,8 @@ cluster-tools:
 	@$(KUBEHARNESS) python3 -m kubeharness tools
 
 cluster-up: venv cluster-tools
-	@$(KUBEHARNESS) $(PY) -m kubeharness up --state $(CLUSTER_STATE) --gpus $(CLUSTER_GPUS)
+	@$(KUBEHARNESS) $(PY) -m kubeharness up --state $(CLUSTER_STATE) --gpus $(CLUSTER_GPUS) \
+		--nodes $(CLUSTER_NODES)
 
 cluster-down:
 	@$(KUBEHARNESS) $(if $(wildcard $(PY)),$(PY),python3) -m kubeharness down --state $(CLUSTER_STATE)
