@@ -171,7 +171,9 @@ def test_a_volume_over_tmp_hides_neither_other_volumes_nor_the_host(k8s_api, nam
     # at /tmp must not hide the configMap mounted below it
     client.CoreV1Api(k8s_api).create_namespaced_config_map(namespace, {
         "metadata": {"name": "conf"}, "data": {"k": "v"}})
-    code = ("import os; open('/tmp/scratch', 'w').write('x'); "
+    # a name of the test's own: the host's /tmp may hold anything, a "scratch" of another's too
+    mark = f"written-by-{namespace}"
+    code = (f"import os; open('/tmp/{mark}', 'w').write('x'); "
             "open('/dev/termination-log', 'w').write(open('/tmp/conf/k').read() + "
             "','.join(sorted(os.listdir('/tmp'))))")
     pod = pod_manifest("tmpmount", [PY, "-c", code], volumes=[
@@ -184,5 +186,5 @@ def test_a_volume_over_tmp_hides_neither_other_volumes_nor_the_host(k8s_api, nam
     # The project's own checkout and venv, when they live under /tmp, are mounted back too.
     kept = {Path(p).relative_to("/tmp").parts[0] for p in KEEP if p.startswith("/tmp/")}
     listed = terminated(pod)["message"]
-    assert listed[0] == "v" and sorted(listed[1:].split(",")) == sorted({"conf", "scratch", *kept})
-    assert not os.path.exists("/tmp/scratch")  # written to the Pod's emptyDir, not the host
+    assert listed[0] == "v" and sorted(listed[1:].split(",")) == sorted({"conf", mark, *kept})
+    assert not os.path.exists(f"/tmp/{mark}")  # written to the Pod's emptyDir, not the host
