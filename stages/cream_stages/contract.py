@@ -102,6 +102,9 @@ class SampleRequest(_Request):
     batch_size: PositiveInt = 8
     backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
+    data_parallel: PositiveInt = Field(
+        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
+        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
 
 class ScoreRequest(_Request):
@@ -113,6 +116,9 @@ class ScoreRequest(_Request):
     batch_size: PositiveInt = 8
     backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
+    data_parallel: PositiveInt = Field(
+        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
+        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
 
 class ConsistencyRequest(_Request):
@@ -177,6 +183,9 @@ class EvaluateRequest(_Request):
     batch_size: PositiveInt = 8
     backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
+    data_parallel: PositiveInt = Field(
+        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
+        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
     @model_validator(mode="after")
     def _unique_task_names(self):

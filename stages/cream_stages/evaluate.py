@@ -22,7 +22,7 @@ LM_EVAL_FILE = "lm_eval.json"
 
 
 def run(req: EvaluateRequest) -> StageResult:
-    from .inference import open_engine  # noqa: PLC0415 - torch only once the request is valid
+    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
 
     ours = [t for t in req.tasks if t.format != "lm_eval"]
     harness = [t for t in req.tasks if t.format == "lm_eval"]
@@ -30,44 +30,51 @@ def run(req: EvaluateRequest) -> StageResult:
     for name, items in tasks.items():
         if not items:
             raise StageInputError(f"task {name}: no items")
-    engine = open_engine(req.backend, req.model, req.precision, req.seed)
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     outputs: dict[str, str] = {}
+    with open_engines(req.backend, req.model, req.precision, req.seed,
+                      req.data_parallel) as engines:
+        if tasks:
+            rows = _answer(engines, tasks, req)
+            for name, items in tasks.items():
+                accuracy[name] = sum(r.correct for r in rows if r.task == name) / len(items)
+                counts[name] = len(items)
+            write(join(req.output, PREDICTIONS_FILE), rows)
+            outputs["predictions"] = PREDICTIONS_FILE
+        if harness:
+            from . import lm_harness  # noqa: PLC0415 - lm-eval only when a task asks for it
 
-    if tasks:
-        flat = [(name, item) for name, items in tasks.items() for item in items]
-        log.info("evaluating %d items of %d task(s)", len(flat), len(tasks))
-        answers = engine.generate([item.prompt() for _, item in flat],
-                                  [f"{name}/{item.id}" for name, item in flat], sample=False,
-                                  max_tokens=req.max_tokens, batch_size=req.batch_size,
-                                  desc="evaluate")
-        rows = []
-        for (name, item), out in zip(flat, answers, strict=True):
-            prediction = item.extract(out[0])
-            rows.append(PredictionRecord(task=name, id=item.id, prediction=prediction,
-                                         answer=item.answer, correct=item.is_correct(prediction),
-                                         output=out[0]))
-        for name, items in tasks.items():
-            accuracy[name] = sum(r.correct for r in rows if r.task == name) / len(items)
-            counts[name] = len(items)
-        write(join(req.output, PREDICTIONS_FILE), rows)
-        outputs["predictions"] = PREDICTIONS_FILE
-
-    if harness:
-        from . import lm_harness  # noqa: PLC0415 - lm-eval only when a task asks for it
-
-        results = lm_harness.evaluate(engine.lm_eval_model(req.batch_size), harness, req.seed)
-        for name, res in results.items():
-            accuracy[name], counts[name] = res.accuracy, res.items
-        write_json(join(req.output, LM_EVAL_FILE),
-                   {name: res.results for name, res in results.items()})
-        outputs["lm_eval"] = LM_EVAL_FILE
+            # on engine 0 alone: the harness batches and iterates by itself
+            results = lm_harness.evaluate(engines.lm_eval_model(req.batch_size), harness,
+                                          req.seed)
+            for name, res in results.items():
+                accuracy[name], counts[name] = res.accuracy, res.items
+            write_json(join(req.output, LM_EVAL_FILE),
+                       {name: res.results for name, res in results.items()})
+            outputs["lm_eval"] = LM_EVAL_FILE
 
     for t in req.tasks:
         log.info("%s: accuracy %.3f over %d items", t.name, accuracy[t.name], counts[t.name])
     return StageResult(
         inputs={f"task:{t.name}": t.uri for t in req.tasks} | {"model": req.model},
         outputs=outputs,
-        metrics={"accuracy": accuracy, "counts": counts},
+        metrics={"accuracy": accuracy, "counts": counts, **engines.shard_metrics()},
     )
+
+
+def _answer(engines, tasks: dict, req: EvaluateRequest) -> list[PredictionRecord]:
+    """Greedy answers to every item of our own tasks, extracted and marked."""
+    flat = [(name, item) for name, items in tasks.items() for item in items]
+    log.info("evaluating %d items of %d task(s)", len(flat), len(tasks))
+    answers = engines.generate([item.prompt() for _, item in flat],
+                               [f"{name}/{item.id}" for name, item in flat], sample=False,
+                               max_tokens=req.max_tokens, batch_size=req.batch_size,
+                               desc="evaluate")
+    rows = []
+    for (name, item), out in zip(flat, answers, strict=True):
+        prediction = item.extract(out[0])
+        rows.append(PredictionRecord(task=name, id=item.id, prediction=prediction,
+                                     answer=item.answer, correct=item.is_correct(prediction),
+                                     output=out[0]))
+    return rows

@@ -1,8 +1,9 @@
 """The transformers inference backend: generation and scoring on the CPU or one GPU.
 
 Generation batches prompts with left padding (generation appends on the right) and decodes only
-the new tokens; sampling is deterministic given the seed and the batch size (the generator is
-seeded once per call and the batches always run in the same order). Scoring is logprobs.py's
+the new tokens; sampling is deterministic given the seed and the batches (the generator is seeded
+at each batch from the seed and the batch's first prompt id, so a batch samples the same in any
+process and in any order: engine_pool.py relies on it). Scoring is logprobs.py's
 padded, length-sorted path: the reference every other scorer is tested against.
 """
 
@@ -14,6 +15,7 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
+from .inference import request_seed
 from .logprobs import score_encodings
 from .models import load_model
 from .tokenization import prompt_text
@@ -27,7 +29,7 @@ class TransformersEngine:
     def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
                  sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
                  batch_size: int, desc: str = "generate") -> list[list[str]]:
-        return generate(self.model, self.tokenizer, list(prompts), n=n, sample=sample,
+        return generate(self.model, self.tokenizer, list(prompts), list(keys), n=n, sample=sample,
                         temperature=temperature, top_p=top_p, max_tokens=max_tokens,
                         batch_size=batch_size, seed=self.seed, desc=desc)
 
@@ -44,11 +46,12 @@ class TransformersEngine:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], *, n: int = 1, sample: bool,
-             temperature: float = 1.0, top_p: float = 1.0, max_tokens: int, batch_size: int,
-             seed: int = 0, desc: str = "generate") -> list[list[str]]:
-    """n completions for each user prompt (chat template applied), in prompt order."""
-    torch.manual_seed(seed)
+def generate(model, tokenizer, prompts: list[str], keys: list[str] | None = None, *, n: int = 1,
+             sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
+             batch_size: int, seed: int = 0, desc: str = "generate") -> list[list[str]]:
+    """n completions for each user prompt (chat template applied), in prompt order. `keys` name
+    the prompts (default: their positions) and seed each batch."""
+    keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
     tokenizer.padding_side = "left"
     texts = [prompt_text(tokenizer, p) for p in prompts]
     # A fresh generation config: the request alone defines decoding, not the checkpoint's
@@ -65,6 +68,7 @@ def generate(model, tokenizer, prompts: list[str], *, n: int = 1, sample: bool,
     )
     out: list[list[str]] = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, unit="batch"):
+        torch.manual_seed(request_seed(seed, keys[start]))
         enc = tokenizer(texts[start:start + batch_size], add_special_tokens=False, padding=True,
                         return_tensors="pt").to(model.device)
         generated = model.generate(**enc, generation_config=config)[

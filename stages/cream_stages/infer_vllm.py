@@ -11,21 +11,14 @@ iteration, every score must come from the same backend and precision (consistenc
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Sequence
 
+from .inference import request_seed
 from .models import load_tokenizer, resolve_model_uri
 from .tokenization import Encoded, prompt_text
 
 log = logging.getLogger(__name__)
-
-
-def request_seed(seed: int, key: str) -> int:
-    """A per-prompt sampling seed: a prompt's samples depend on the seed and its id only, not on
-    how vLLM batches requests."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def sampling_kwargs(*, n: int, temperature: float, top_p: float, max_tokens: int,
@@ -79,6 +72,8 @@ def sum_prompt_logprobs(prompt_logprobs, input_ids: Sequence[int],
 
 class VllmEngine:
     """One vLLM instance per engine, started on first use (scoring needs max_model_len)."""
+
+    batches_itself = True  # continuous batching: give it large chunks, not small batches
 
     def __init__(self, model: str, precision: str, seed: int):
         self.path = resolve_model_uri(model)

@@ -1,7 +1,7 @@
 """Stage `sample`: M_t writes n responses to each prompt of the iteration's prompt set.
 
-The user turn is the prompt, with the model's chat template and generation prompt; the engine
-(inference.py) is the request's backend.
+The user turn is the prompt, with the model's chat template and generation prompt; the engines
+(inference.py) are the request's backend, `data_parallel` of them.
 """
 
 from __future__ import annotations
@@ -17,20 +17,22 @@ log = logging.getLogger(__name__)
 
 
 def run(req: SampleRequest) -> StageResult:
-    from .inference import open_engine  # noqa: PLC0415 - torch only once the request is valid
+    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
 
     prompts = load_prompts(req.prompts, req.max_prompts)
     log.info("sampling %d responses for each of %d prompts", req.n, len(prompts))
-    engine = open_engine(req.backend, req.model, req.precision, req.seed)
-    responses = engine.generate([p.text for p in prompts], [p.id for p in prompts], n=req.n,
-                                sample=True, temperature=req.temperature, top_p=req.top_p,
-                                max_tokens=req.max_tokens, batch_size=req.batch_size,
-                                desc="sample")
+    with open_engines(req.backend, req.model, req.precision, req.seed,
+                      req.data_parallel) as engines:
+        responses = engines.generate([p.text for p in prompts], [p.id for p in prompts], n=req.n,
+                                     sample=True, temperature=req.temperature, top_p=req.top_p,
+                                     max_tokens=req.max_tokens, batch_size=req.batch_size,
+                                     desc="sample")
     rows = [ResponsesRecord(prompt_id=p.id, prompt=p.text, responses=r)
             for p, r in zip(prompts, responses, strict=True)]
     write(join(req.output, RESPONSES_FILE), rows)
     return StageResult(
         inputs={"model": req.model, "prompts": req.prompts},
         outputs={"responses": RESPONSES_FILE},
-        metrics={"prompts": len(rows), "responses": sum(len(r.responses) for r in rows)},
+        metrics={"prompts": len(rows), "responses": sum(len(r.responses) for r in rows),
+                 **engines.shard_metrics()},
     )

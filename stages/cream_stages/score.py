@@ -19,29 +19,31 @@ log = logging.getLogger(__name__)
 
 
 def run(req: ScoreRequest) -> StageResult:
-    from .inference import open_engine  # noqa: PLC0415 - torch only once the request is valid
+    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
     from .tokenization import encode_pair  # noqa: PLC0415
 
     rows = read(req.responses, ResponsesRecord)
     if not rows:
         raise StageInputError(f"{req.responses}: no responses to score")
-    engine = open_engine(req.backend, req.model, req.precision, req.seed)
-    encodings = []
-    for row in rows:
-        for j, response in enumerate(row.responses):
-            enc = encode_pair(engine.tokenizer, row.prompt, response, req.max_length)
-            if enc.n_targets == 0:
-                raise StageInputError(f"{req.responses}: prompt_id {row.prompt_id}: response "
-                                      f"{j} has no tokens to score within max_length "
-                                      f"{req.max_length}")
-            encodings.append(enc)
-    truncated = sum(e.truncated for e in encodings)
-    if truncated:
-        log.warning("%d of %d sequences were truncated to max_length %d", truncated,
-                    len(encodings), req.max_length)
-    log.info("scoring %d responses with M%d (%s)", len(encodings), req.model_index, req.model)
-    logps = engine.score(encodings, max_length=req.max_length, batch_size=req.batch_size,
-                         desc=f"score M{req.model_index}")
+    with open_engines(req.backend, req.model, req.precision, req.seed,
+                      req.data_parallel) as engines:
+        encodings = []
+        for row in rows:
+            for j, response in enumerate(row.responses):
+                enc = encode_pair(engines.tokenizer, row.prompt, response, req.max_length)
+                if enc.n_targets == 0:
+                    raise StageInputError(f"{req.responses}: prompt_id {row.prompt_id}: "
+                                          f"response {j} has no tokens to score within "
+                                          f"max_length {req.max_length}")
+                encodings.append(enc)
+        truncated = sum(e.truncated for e in encodings)
+        if truncated:
+            log.warning("%d of %d sequences were truncated to max_length %d", truncated,
+                        len(encodings), req.max_length)
+        log.info("scoring %d responses with M%d (%s)", len(encodings), req.model_index,
+                 req.model)
+        logps = engines.score(encodings, max_length=req.max_length, batch_size=req.batch_size,
+                              desc=f"score M{req.model_index}")
     out, k = [], 0
     for row in rows:
         n = len(row.responses)
@@ -53,5 +55,6 @@ def run(req: ScoreRequest) -> StageResult:
     return StageResult(
         inputs={"model": req.model, "responses": req.responses},
         outputs={"scores": SCORES_FILE},
-        metrics={"responses": len(encodings), "model_index": req.model_index},
+        metrics={"responses": len(encodings), "model_index": req.model_index,
+                 **engines.shard_metrics()},
     )

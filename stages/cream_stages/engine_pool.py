@@ -1,0 +1,287 @@
+"""Data parallel inference: one engine per device, each on whole batches, results in input order.
+
+Why batches and not prompts: what an engine computes for a sequence may depend on its batch
+(left padding in generation, the padded shapes in scoring, the sampling generator seeded once per
+batch), so the pool forms the very batches one engine would form, from the whole input, and hands
+out whole batches. Which engine ran a batch then changes nothing: the outputs of 1, 2 or 8 engines
+are identical (tests/stages/test_data_parallel.py), and `data_parallel` is a speed setting only.
+
+Balance: batches go out longest-first (by a token estimate: prompt plus n x max_tokens when
+generating, sequence length when scoring) to whichever engine is free, so the stage ends with
+the slowest batch, not the slowest fixed shard. Each engine's busy time, batches and tokens are
+reported (`shard_metrics`) and land in the stage's manifest, so imbalance is visible.
+
+Engine 0 is the stage's own process (lm-evaluation-harness tasks run on it alone); the others are
+spawned processes, each opening the same backend, model and seed on its own device (GPU i when
+the stage has GPUs, else CPU threads split between them). A worker that fails fails the stage:
+its traceback is raised here, before anything is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import queue
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from .contract import InferenceBackend
+
+
+def batches(costs: Sequence[int], batch_size: int, order: Sequence[int] | None = None) \
+        -> list[list[int]]:
+    """Indices cut into consecutive batches of `batch_size`, in `order` (default input order)."""
+    idx = list(range(len(costs))) if order is None else list(order)
+    return [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+
+
+def even_chunks(costs: Sequence[int], chunks: int) -> list[list[int]]:
+    """Consecutive runs of indices of about equal total cost (for engines that batch by
+    themselves, such as vLLM: a few large chunks per engine, not many small batches)."""
+    total = sum(costs) or 1
+    out: list[list[int]] = [[]]
+    acc = 0
+    for i, cost in enumerate(costs):
+        if out[-1] and acc >= total * len(out) / chunks:
+            out.append([])
+        out[-1].append(i)
+        acc += cost
+    return [c for c in out if c]
+
+
+def longest_first(work: Sequence[list[int]], costs: Sequence[int]) -> list[int]:
+    """The order batches are handed out in: most estimated tokens first (ties: input order)."""
+    return sorted(range(len(work)), key=lambda b: (-sum(costs[i] for i in work[b]), b))
+
+
+def cpu_threads(engines: int) -> int:
+    """Torch threads per engine on the CPU: the cores this process may use, shared out."""
+    return max(1, len(os.sched_getaffinity(0)) // engines)
+
+
+@dataclass
+class ShardStats:
+    seconds: float = 0.0
+    batches: int = 0
+    tokens: int = 0
+
+
+@dataclass
+class _Slot:
+    """One engine and what it did."""
+
+    call: Callable[[str, tuple, dict], object]
+    stats: ShardStats = field(default_factory=ShardStats)
+
+
+def _serve(conn, backend: str, model: str, precision: str, seed: int, device: str | None,
+           threads: int) -> None:
+    """A worker process: open the engine once, then answer (method, args, kwargs) calls."""
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    import torch  # noqa: PLC0415 - after CUDA_VISIBLE_DEVICES
+
+    torch.set_num_threads(threads)
+    from .inference import open_engine  # noqa: PLC0415
+
+    try:
+        engine = open_engine(backend, model, precision, seed)
+    except BaseException:  # noqa: BLE001 - reported to the parent, which fails the stage
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", None))
+    while True:
+        msg = conn.recv()
+        if msg is None:
+            return
+        method, args, kwargs = msg
+        try:
+            conn.send(("ok", getattr(engine, method)(*args, **kwargs)))
+        except BaseException:  # noqa: BLE001
+            conn.send(("error", traceback.format_exc()))
+
+
+class WorkerError(RuntimeError):
+    """An engine process failed; the message holds its traceback."""
+
+
+class _Worker:
+    def __init__(self, index: int, backend: str, model: str, precision: str, seed: int,
+                 device: str | None, threads: int):
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process holding torch threads
+        self.index = index
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, name=f"engine-{index}", daemon=True,
+                                args=(child, backend, model, precision, seed, device, threads))
+        self.proc.start()
+        child.close()
+
+    def _reply(self):
+        try:
+            status, value = self.conn.recv()
+        except EOFError:
+            raise WorkerError(f"engine {self.index} died (exit code {self.proc.exitcode})") \
+                from None
+        if status == "error":
+            raise WorkerError(f"engine {self.index} failed:\n{value}")
+        return value
+
+    def ready(self) -> None:
+        self._reply()
+
+    def call(self, method: str, args: tuple, kwargs: dict):
+        self.conn.send((method, args, kwargs))
+        return self._reply()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # a worker already gone
+            self.conn.send(None)
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+class EnginePool:
+    """The Engine protocol over `size` engines (inference.Engine); size 1 is one engine in this
+    process, batched exactly as the pool batches, so every size gives the same outputs."""
+
+    def __init__(self, backend: InferenceBackend, model: str, precision: str, seed: int,
+                 size: int, devices: Sequence[str] | None = None):
+        from .inference import open_engine  # noqa: PLC0415
+
+        if devices is not None and len(devices) < size:
+            raise ValueError(f"data_parallel {size} needs {size} devices, "
+                             f"this process sees {len(devices)}")
+        threads = cpu_threads(size)
+        self.workers = [_Worker(i, backend, model, precision, seed,
+                                devices[i] if devices else None, threads)
+                        for i in range(1, size)]
+        try:
+            if size > 1 and devices is None:
+                import torch  # noqa: PLC0415
+
+                torch.set_num_threads(threads)
+            self.local = open_engine(backend, model, precision, seed)
+            for w in self.workers:
+                w.ready()
+        except BaseException:
+            self.close()
+            raise
+        self.tokenizer = self.local.tokenizer
+        self.batches_itself = getattr(self.local, "batches_itself", False)
+        self.slots = [_Slot(lambda m, a, k: getattr(self.local, m)(*a, **k)),
+                      *(_Slot(w.call) for w in self.workers)]
+
+    def close(self) -> None:
+        for w in getattr(self, "workers", []):
+            w.close()
+
+    def __enter__(self) -> EnginePool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- the Engine protocol ------------------------------------------------------------------
+    def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
+                 sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
+                 batch_size: int, desc: str = "generate") -> list[list[str]]:
+        costs = [len(self.tokenizer(p, add_special_tokens=False)["input_ids"]) + n * max_tokens
+                 for p in prompts]
+        work = self._cut(costs, batch_size)
+        kwargs = {"n": n, "sample": sample, "temperature": temperature, "top_p": top_p,
+                  "max_tokens": max_tokens, "desc": desc}
+
+        def call(b: list[int]):
+            return ("generate", ([prompts[i] for i in b], [keys[i] for i in b]),
+                    kwargs | {"batch_size": len(b)})
+
+        return self._run(work, costs, call)
+
+    def score(self, encodings: Sequence, *, max_length: int, batch_size: int,
+              desc: str = "score") -> list[float]:
+        costs = [len(e.input_ids) for e in encodings]
+        # longest sequences together, as one engine's scorer groups them (stable: ties in order)
+        order = sorted(range(len(encodings)), key=lambda i: -costs[i])
+        work = [[order[j] for j in b] for b in self._cut([costs[i] for i in order], batch_size)]
+
+        def call(b: list[int]):
+            return ("score", ([encodings[i] for i in b],),
+                    {"max_length": max_length, "batch_size": len(b), "desc": desc})
+
+        return self._run(work, costs, call)
+
+    def lm_eval_model(self, batch_size: int):
+        return self.local.lm_eval_model(batch_size)
+
+    def shard_metrics(self) -> dict:
+        """Per engine: busy seconds, batches and estimated tokens, for the manifest."""
+        return {"data_parallel": len(self.slots),
+                "shards": [{"seconds": round(s.stats.seconds, 3), "batches": s.stats.batches,
+                            "tokens": s.stats.tokens} for s in self.slots]}
+
+    # --- scheduling ---------------------------------------------------------------------------
+    def _cut(self, costs: Sequence[int], batch_size: int) -> list[list[int]]:
+        if self.batches_itself:  # a few large chunks per engine; it batches inside them
+            return even_chunks(costs, 1 if len(self.slots) == 1 else 4 * len(self.slots))
+        return batches(costs, batch_size)
+
+    def _run(self, work: list[list[int]], costs: Sequence[int], call) -> list:
+        """Hand batches out longest-first to free engines; gather results in input order."""
+        todo: queue.SimpleQueue = queue.SimpleQueue()
+        for b in longest_first(work, costs):
+            todo.put(b)
+        results: list = [None] * len(work)
+        errors: list[BaseException] = []
+
+        def drain(slot: _Slot) -> None:
+            while not errors:
+                try:
+                    b = todo.get_nowait()
+                except queue.Empty:
+                    return
+                method, args, kwargs = call(work[b])
+                t0 = time.monotonic()
+                try:
+                    results[b] = slot.call(method, args, kwargs)
+                except BaseException as exc:  # noqa: BLE001 - re-raised below, first one wins
+                    errors.append(exc)
+                    return
+                slot.stats.seconds += time.monotonic() - t0
+                slot.stats.batches += 1
+                slot.stats.tokens += sum(costs[i] for i in work[b])
+
+        if len(self.slots) == 1:
+            drain(self.slots[0])
+        else:
+            threads = [threading.Thread(target=drain, args=(s,), daemon=True)
+                       for s in self.slots]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        if errors:
+            raise errors[0]
+        out: list = [None] * len(costs)
+        for b, indices in enumerate(work):
+            for i, value in zip(indices, results[b], strict=True):
+                out[i] = value
+        return out
+
+
+def devices_for(size: int) -> list[str] | None:
+    """The GPUs the engines run on (one each: CUDA_VISIBLE_DEVICES, else all), None on the CPU."""
+    if size <= 1:
+        return None
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [d.strip() for d in visible.split(",") if d.strip()]
+    return [str(i) for i in range(torch.cuda.device_count())]
