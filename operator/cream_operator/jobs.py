@@ -86,9 +86,18 @@ def _uses_torchrun(step: Step, gpus: int, nodes: int) -> bool:
     return step.request.train.backend == "deepspeed" and (gpus > 1 or nodes > 1)
 
 
+def request_for(step: Step, gpus: int):
+    """The step's request as its Pod runs it: an inference stage given several GPUs runs one
+    engine on each (data parallel; its outputs do not depend on how many)."""
+    if gpus > 1 and "data_parallel" in type(step.request).model_fields:
+        return step.request.model_copy(update={"data_parallel": gpus})
+    return step.request
+
+
 def container_command(step: Step, name: str, config: OperatorConfig, gpus: int,
                       nodes: int) -> tuple[list[str], list[str]]:
-    request = data_uri(json.dumps(step.request.model_dump(mode="json"), sort_keys=True).encode())
+    body = request_for(step, gpus).model_dump(mode="json")
+    request = data_uri(json.dumps(body, sort_keys=True).encode())
     stage_args = [step.stage, "--request", request]
     if not _uses_torchrun(step, gpus, nodes):
         return [config.python, "-m", "cream_stages"], stage_args

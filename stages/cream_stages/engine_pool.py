@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from .contract import InferenceBackend
+from .inference import open_engine
 
 
 def batches(costs: Sequence[int], batch_size: int, order: Sequence[int] | None = None) \
@@ -86,8 +87,6 @@ def _serve(conn, backend: str, model: str, precision: str, seed: int, device: st
     import torch  # noqa: PLC0415 - after CUDA_VISIBLE_DEVICES
 
     torch.set_num_threads(threads)
-    from .inference import open_engine  # noqa: PLC0415
-
     try:
         engine = open_engine(backend, model, precision, seed)
     except BaseException:  # noqa: BLE001 - reported to the parent, which fails the stage
@@ -151,8 +150,6 @@ class EnginePool:
 
     def __init__(self, backend: InferenceBackend, model: str, precision: str, seed: int,
                  size: int, devices: Sequence[str] | None = None):
-        from .inference import open_engine  # noqa: PLC0415
-
         if devices is not None and len(devices) < size:
             raise ValueError(f"data_parallel {size} needs {size} devices, "
                              f"this process sees {len(devices)}")
@@ -285,3 +282,12 @@ def devices_for(size: int) -> list[str] | None:
     if visible:
         return [d.strip() for d in visible.split(",") if d.strip()]
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def open_engines(backend: InferenceBackend, model: str, precision: str, seed: int,
+                 data_parallel: int = 1) -> EnginePool:
+    """What a stage infers with: `data_parallel` engines (one per GPU, or CPU processes) behind
+    the Engine protocol; outputs do not depend on their number. Close it (a `with` block) to
+    stop the engines' processes."""
+    return EnginePool(backend, model, precision, seed, data_parallel,
+                      devices_for(data_parallel))

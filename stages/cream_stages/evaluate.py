@@ -22,7 +22,7 @@ LM_EVAL_FILE = "lm_eval.json"
 
 
 def run(req: EvaluateRequest) -> StageResult:
-    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
+    from .engine_pool import open_engines  # noqa: PLC0415 - torch only once the request is valid
 
     ours = [t for t in req.tasks if t.format != "lm_eval"]
     harness = [t for t in req.tasks if t.format == "lm_eval"]

@@ -15,9 +15,9 @@ import torch
 from tqdm import tqdm
 from transformers import GenerationConfig
 
-from .inference import request_seed
 from .logprobs import score_encodings
 from .models import load_model
+from .seeds import request_seed
 from .tokenization import prompt_text
 
 

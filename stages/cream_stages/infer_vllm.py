@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from .inference import request_seed
 from .models import load_tokenizer, resolve_model_uri
+from .seeds import request_seed
 from .tokenization import Encoded, prompt_text
 
 log = logging.getLogger(__name__)

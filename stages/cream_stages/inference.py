@@ -8,21 +8,10 @@ their log-probs differ slightly, enough to flip near-tied rankings.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .contract import InferenceBackend
-
-if TYPE_CHECKING:
-    from .engine_pool import EnginePool
-
-
-def request_seed(seed: int, key: str) -> int:
-    """A per-prompt (or per-batch: its first prompt's) sampling seed: samples depend on the seed
-    and the prompt ids only, not on how requests are batched or which engine runs them."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 class Engine(Protocol):
@@ -58,14 +47,3 @@ def open_engine(backend: InferenceBackend, model: str, precision: str, seed: int
 
         return TransformersEngine(model, precision, seed)
     raise ValueError(f"unknown inference backend {backend!r}")
-
-
-def open_engines(backend: InferenceBackend, model: str, precision: str, seed: int,
-                 data_parallel: int = 1) -> EnginePool:
-    """What a stage infers with: `data_parallel` engines (one per GPU, or CPU processes) behind
-    the Engine protocol (engine_pool.py); outputs do not depend on their number. Close it (a
-    `with` block) to stop the engines' processes."""
-    from .engine_pool import EnginePool, devices_for  # noqa: PLC0415
-
-    return EnginePool(backend, model, precision, seed, data_parallel,
-                      devices_for(data_parallel))

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 def run(req: SampleRequest) -> StageResult:
-    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
+    from .engine_pool import open_engines  # noqa: PLC0415 - torch only once the request is valid
 
     prompts = load_prompts(req.prompts, req.max_prompts)
     log.info("sampling %d responses for each of %d prompts", req.n, len(prompts))

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run(req: ScoreRequest) -> StageResult:
-    from .inference import open_engines  # noqa: PLC0415 - torch only once the request is valid
+    from .engine_pool import open_engines  # noqa: PLC0415 - torch only once the request is valid
     from .tokenization import encode_pair  # noqa: PLC0415
 
     rows = read(req.responses, ResponsesRecord)

@@ -66,8 +66,8 @@ def test_scheduling_and_resources_from_the_spec():
     job = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
     pod = job["spec"]["template"]["spec"]
     res = pod["containers"][0]["resources"]
-    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "1"
-    assert res["requests"]["memory"] == "64Gi"
+    assert res["limits"]["nvidia.com/gpu"] == res["requests"]["nvidia.com/gpu"] == "8"
+    assert res["requests"]["memory"] == "256Gi"
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists",
                                    "effect": "NoSchedule"}]
@@ -86,6 +86,23 @@ def test_multi_gpu_training_runs_under_torchrun():
     assert container["args"][:3] == ["-m", "cream_stages", "dpo"]
     assert "completionMode" not in job["spec"]
     assert jobs.headless_service(RUN, steps["iter-1/dpo"], job) is None
+
+
+def test_inference_on_several_gpus_runs_one_engine_per_gpu_without_torchrun():
+    spec, steps = _steps(BIG)  # sample, score and evaluate on 8 GPUs each
+    for key in ("iter-1/sample", "iter-1/score-m0", "iter-1/evaluate"):
+        job = jobs.job_manifest(RUN, spec, steps[key], CONFIG)
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", "cream_stages"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "8"
+        request = contract.parse_request(artifacts.read_json(container["args"][2]))
+        assert request.data_parallel == 8
+        assert request == steps[key].request.model_copy(update={"data_parallel": 8})
+    tiny, tiny_steps = _steps(TINY)  # one GPU: one engine
+    one = jobs.job_manifest(RUN, tiny, tiny_steps["iter-1/sample"], CONFIG)
+    request = contract.parse_request(artifacts.read_json(
+        one["spec"]["template"]["spec"]["containers"][0]["args"][2]))
+    assert request.data_parallel == 1
 
 
 def test_multi_node_training_is_an_indexed_job_with_a_headless_service():
