@@ -11,7 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from chartkit import CHART, template
+import yaml
+from chartkit import CHART, RELEASE, helm, template
 
 pytestmark = pytest.mark.cluster
 
@@ -87,6 +88,30 @@ def test_rendered_chart_passes_the_api_servers_dry_run(tmp_path, kubectl, namesp
         expected |= {"Role", "RoleBinding"}
         assert kinds.count("Role") == kinds.count("RoleBinding") == len(watched)
     assert set(kinds) == expected
+
+
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=[p.name for p in CI_VALUES])
+def test_each_ci_values_file_passes_the_api_servers_dry_run(kubectl, namespace_factory,
+                                                            servicemonitor_crd, values_file):
+    """chart-testing's install cases (ci/*-values.yaml), each as the API server sees it."""
+    release_ns = namespace_factory("cream-system")
+    kubectl("label", "namespace", release_ns, "pod-security.kubernetes.io/enforce=restricted")
+    values = yaml.safe_load(values_file.read_text()) or {}
+    named = [*values.get("watchNamespaces", []), (values.get("dashboard") or {}).get("namespace")]
+    for ns in filter(None, named):  # the namespaces the files name, shared by them
+        kubectl("create", "namespace", ns, check=False)
+    rendered = helm("template", RELEASE, str(CHART), "--namespace", release_ns, "--values",
+                    str(values_file)).stdout
+    proc = kubectl("apply", "--dry-run=server", "--validate=strict", "-f", "-", input=rendered,
+                   check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert "would violate PodSecurity" not in proc.stderr, proc.stderr
+    kinds = [line for line in rendered.splitlines() if line.startswith("kind:")]
+    accepted = [line for line in proc.stdout.splitlines() if line.endswith("(server dry run)")]
+    assert len(accepted) == len(kinds), proc.stdout
 
 
 def test_the_charts_crd_is_accepted_by_the_api_server(kubectl):

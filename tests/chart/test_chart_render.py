@@ -30,25 +30,9 @@ FULLNAME = f"{RELEASE}-cream-operator"
 CRD = ROOT / "crds" / "cream.dev_creamruns.yaml"
 CHART_CRD = CHART / "crds" / "cream.dev_creamruns.yaml"
 
-# Values that switch on every optional part.
-EVERYTHING = {
-    "watchNamespaces": ["team-a", "team-b"],
-    "peering": {"name": "cream", "priority": 100},
-    "verbose": True,
-    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-    "s3": {"createSecret": True, "accessKey": "AKIA", "secretKey": "s3cr3t",
-           "endpoint": "http://minio.storage:9000", "region": "us-east-1",
-           "storageUri": "s3://cream/runs", "secretName": "team-s3"},
-    "stages": {"image": {"repository": "registry.example/cream/stages", "tag": "2024.1"},
-               "pullPolicy": "Always", "defaultGpus": 8, "python": "python3",
-               "extraEnv": {"HF_HUB_OFFLINE": "1", "NCCL_DEBUG": "WARN"}},
-    "extraEnv": [{"name": "CREAM_LOG", "value": "debug"},
-                 {"name": "FROM_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}],
-    "nodeSelector": {"kubernetes.io/os": "linux"},
-    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops",
-                     "effect": "NoSchedule"}],
-    "dashboard": {"namespace": "monitoring", "annotations": {"grafana_folder": "CREAM"}},
-}
+# Values that switch on every optional part: one of the chart's CI values files.
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+EVERYTHING = yaml.safe_load((CHART / "ci" / "everything-values.yaml").read_text())
 
 
 def parse_operator_args(container: dict):
@@ -64,6 +48,36 @@ def test_helm_lint_strict_is_clean(tmp_path, values):
     proc = helm("lint", "--strict", str(CHART), values=values, tmp=tmp_path)
     assert "0 chart(s) failed" in proc.stdout, proc.stdout
     assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+
+
+@pytest.mark.parametrize("values_file", CI_VALUES, ids=[p.name for p in CI_VALUES])
+def test_every_ci_values_file_lints_and_renders_a_working_operator(values_file):
+    """chart-testing's install cases (ci/*-values.yaml): lint-clean, and the Deployment they
+    render runs a command line the operator parses."""
+    proc = helm("lint", "--strict", str(CHART), "--values", str(values_file))
+    assert "0 chart(s) failed" in proc.stdout, proc.stdout
+    assert "[WARNING]" not in proc.stdout and "[ERROR]" not in proc.stdout, proc.stdout
+    out = helm("template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values",
+               str(values_file)).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    args = parse_operator_args(operator_container(docs))
+    values = yaml.safe_load(values_file.read_text()) or {}
+    assert args.namespace == (values.get("watchNamespaces") or [])
+
+
+def test_the_ci_values_files_cover_the_charts_modes():
+    names = {p.name for p in CI_VALUES}
+    assert {"default-values.yaml", "namespaced-values.yaml", "everything-values.yaml",
+            "digest-values.yaml"} <= names
+
+
+def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (tgz,) = tmp_path.glob("cream-operator-*.tgz")
+    with tarfile.open(tgz) as tar:
+        names = tar.getnames()
+    assert "cream-operator/values.yaml" in names and "cream-operator/README.md" in names
+    assert not [n for n in names if n.startswith("cream-operator/ci/")], names
 
 
 @pytest.mark.parametrize("values", [
@@ -187,7 +201,7 @@ def test_values_reach_the_operator_as_its_configuration(tmp_path):
     assert {"name": "FROM_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} \
         in container["env"]
     args = parse_operator_args(container)
-    assert args.namespace == ["team-a", "team-b"]
+    assert args.namespace == EVERYTHING["watchNamespaces"]
     assert (args.peering, args.priority, args.verbose) == ("cream", 100, True)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == EVERYTHING["nodeSelector"]
