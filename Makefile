@@ -7,10 +7,12 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: venv demo demo-smollm2 test test-unit test-stages test-cluster lint crds clean
 
+# The tests need every part: the operator's extra, the stages' CPU path, DeepSpeed on the CPU, and
+# the dev tools.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[train,deepspeed,dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[operator,train,deepspeed,dev]'
 	touch $@
 
 # SmolLM2-135M-Instruct as a GGUF file inside a PyPI distribution (the real model of

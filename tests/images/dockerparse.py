@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +40,56 @@ def instructions(path: Path) -> list[Instruction]:
     return out
 
 
-def final_stage(path: Path) -> list[Instruction]:
+def global_args(path: Path) -> dict[str, str]:
+    """ARG defaults before the first FROM (what FROM lines may use)."""
+    out = {}
+    for ins in instructions(path):
+        if ins.stage >= 0:
+            break
+        if ins.keyword == "ARG" and "=" in ins.value:
+            key, _, value = ins.value.partition("=")
+            out[key] = value.strip('"')
+    return out
+
+
+def _stage_names(found: list[Instruction]) -> dict[str, int]:
+    names = {}
+    for ins in found:
+        if ins.keyword == "FROM":
+            words = ins.value.split()
+            if len(words) == 3 and words[1].upper() == "AS":
+                names[words[2]] = ins.stage
+    return names
+
+
+def final_stage(path: Path, target: str | None = None) -> list[Instruction]:
+    """What an image built to `target` (default: the last stage) is made of: that stage's
+    instructions after those of the earlier stages it is built FROM, in order."""
     found = instructions(path)
-    last = max(i.stage for i in found)
-    return [i for i in found if i.stage == last]
+    names = _stage_names(found)
+    index = names[target] if target else max(i.stage for i in found)
+    chain = []
+    while index is not None:
+        chain.insert(0, index)
+        base = next(i for i in found if i.stage == index and i.keyword == "FROM").value.split()[0]
+        index = names.get(base)
+    return [i for i in found if i.stage in chain]
+
+
+def base_images(path: Path) -> list[str]:
+    """The images the stages are built FROM, build-argument defaults expanded; a FROM that
+    names an earlier stage is left out."""
+    found = instructions(path)
+    names = _stage_names(found)
+    args = global_args(path)
+    out = []
+    for ins in found:
+        if ins.keyword == "FROM":
+            image = ins.value.split()[0]
+            if image not in names:
+                out.append(re.sub(r"\$\{(\w+)\}|\$(\w+)",
+                                  lambda m: args[m.group(1) or m.group(2)], image))
+    return out
 
 
 def exec_form(instruction: Instruction) -> list[str]:

