@@ -161,3 +161,18 @@ def serving_pair(pki: PKI, dir: Path, stem: str, names: list[str]) -> Pair:
     ca_cert = x509.load_pem_x509_certificate(pki.ca.cert.read_bytes())
     ca_key = serialization.load_pem_private_key(pki.ca.key.read_bytes(), password=None)
     return _leaf(dir, stem, ca_key, ca_cert, _name(names[0]), names)
+
+
+def self_signed_pair(dir: Path, stem: str, server_names: list[str]) -> Pair:
+    """A serving certificate from a one-off CA that nobody else trusts: for a server whose
+    clients do not verify it (the API server does not verify kubelets unless told
+    --kubelet-certificate-authority)."""
+    dir.mkdir(parents=True, exist_ok=True)
+    ca_key = _key()
+    ca_name = _name(f"{stem}-ca")
+    ca_cert = (
+        _builder(ca_name, ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return _leaf(dir, stem, ca_key, ca_cert, _name(stem), server_names)

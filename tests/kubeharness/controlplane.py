@@ -128,6 +128,9 @@ class ControlPlane:
             "--allow-privileged=true",
             # Endpoints may not hold loopback addresses, and nothing routes Service IPs here
             "--endpoint-reconciler-type=none",
+            # reach the node agent's log endpoint (kubectl logs) by its IP, not by a hostname
+            # that nothing resolves
+            "--kubelet-preferred-address-types=InternalIP",
             "--v=1",
         ])
         wait_for(lambda: _https_ok(f"{self.server}/readyz", pki), START_TIMEOUT,

@@ -17,6 +17,9 @@ own as podIP; each container runs in its own UTS namespace with the Pod's hostna
 its namespace (kept current as Pods and Services change). Several agents, each a Node with its own
 block, make a multi-node cluster on one machine.
 
+It serves the kubelet's container-log endpoint (kubeletlogs.py) on a free port of its InternalIP,
+which the Node advertises, so `kubectl logs [-f]` works through the API server.
+
 It reports what the kubelet reports (phase, conditions, container states with exit codes, reasons
 and termination messages, restart counts, podIP), so the real Job controller completes,
 retries and fails Jobs. Deleting a Pod kills its process groups (SIGTERM, then SIGKILL after the
@@ -44,6 +47,7 @@ from kubernetes.client.exceptions import ApiException
 
 from . import podnet, podspec
 from .binaries import KUBERNETES_VERSION
+from .kubeletlogs import LogServer
 from .podrun import PodRun, delete_now, now, now_micro, raw
 
 log = logging.getLogger("kubeharness.nodeagent")
@@ -77,6 +81,8 @@ class NodeAgent:
         server = urlparse(api.configuration.host)
         self.api_host, self.api_port = server.hostname or "127.0.0.1", server.port or 443
         self.venv_bin = str(Path(sys.executable).parent)
+        self.logs = LogServer(self.container_log, state / "kubelet-certs", node,
+                              host=self.addresses.node_ip)
 
     # --- the Pod's environment ----------------------------------------------------------------
     def base_env(self, pod: dict) -> dict[str, str]:
@@ -118,7 +124,9 @@ class NodeAgent:
             ],
             "addresses": [{"type": "InternalIP", "address": self.addresses.node_ip},
                           {"type": "Hostname", "address": self.node}],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+            # where the API server fetches `kubectl logs` (the log server's port once started)
+            "daemonEndpoints": {"kubeletEndpoint": {
+                "Port": self.logs.port if self.logs.httpd else 10250}},
             "nodeInfo": {
                 "machineID": "", "systemUUID": "", "bootID": "",
                 "kernelVersion": os.uname().release,
@@ -274,13 +282,30 @@ class NodeAgent:
             except Exception as e:  # the API server may be restarting: try again next tick
                 log.warning("name resolution: %r", e)
 
+    # --- the kubelet's log endpoint -----------------------------------------------------------
+    def container_log(self, namespace: str, pod: str, container: str):
+        """(the ContainerRun or None, its output file or None), for the log server."""
+        for run in list(self.runs.values()):
+            if (run.ns, run.pod_name) == (namespace, pod):
+                for c in run.inits + run.mains:
+                    if c.name == container:
+                        return c, c.log_path
+                return None, None
+        # a Pod that ran before this agent started: its file only
+        for d in sorted((self.state / "pods").glob(f"{namespace}_{pod}_*")):
+            if (d / f"{container}.log").exists():
+                return None, d / f"{container}.log"
+        return None, None
+
     def shutdown(self) -> None:
         self.stopping.set()
+        self.logs.stop()
         for run in list(self.runs.values()):
             for c in run.inits + run.mains:
                 c.kill(1.0)
 
     def serve(self, ready_file: Path | None = None) -> None:
+        self.logs.start()
         self.register()
         threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         threading.Thread(target=self.refresh_names, name="names", daemon=True).start()
