@@ -9,7 +9,7 @@ import sys
 
 from cream_stages import artifacts
 
-from . import crd, local, specfile
+from . import crd, local, specfile, view
 
 
 def _load_checked(path: str):
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'gen://choice?n=400&seed=1&options=5&labels=numbers'")
     p.add_argument("--out", "-o", help="file or s3:// URI to write (default: stdout)")
     p.set_defaults(func=_generate)
+
+    view.add_commands(sub)  # get, logs
 
     p = sub.add_parser("crd", help="print the CreamRun CustomResourceDefinition")
     p.set_defaults(func=_crd)
