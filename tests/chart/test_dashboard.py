@@ -1,5 +1,6 @@
-"""The Grafana dashboard (charts/cream-operator/dashboards/cream.json): well-formed, and every
-query asks only for metrics and labels the operator exports, in valid PromQL."""
+"""The Grafana dashboard (charts/cream-operator/dashboards/cream.json): well-formed, every query
+asks only for metrics and labels the operator exports, in valid PromQL, and, imported into a real
+Grafana, every panel shows data from a real operator in the middle of a run."""
 
 from __future__ import annotations
 
@@ -8,14 +9,18 @@ import shutil
 import subprocess
 from collections import defaultdict
 from itertools import combinations
+from urllib.parse import urlencode
 
 import pytest
 import yaml
-from chartkit import DASHBOARD
-from promql import label_names, label_values_query, metric_names, substitute
+from chartkit import DASHBOARD, ROOT
+from cluster.operator_process import OperatorProcess
+from kubernetes import client
+from promql import VARIABLE, label_names, label_values_query, metric_names, substitute
 
 from cream_operator.metrics import Metrics
-from cream_operator.spec import CreamRunStatus, IterationResult
+from cream_operator.spec import GROUP, PLURAL, VERSION, CreamRunStatus, IterationResult
+from kubeharness.grafana import Grafana
 from kubeharness.prometheus import INSTALL_HINT
 
 # What Grafana puts in for the variables when it sends a query.
@@ -173,3 +178,132 @@ def test_name_reader_sees_metrics_not_functions_labels_or_variables():
             ' > bool 1e3')
     assert metric_names(substitute(expr, VARIABLES)) == {"x_bucket", "y_total"}
     assert label_names(expr) == {"a", "b", "le", "stage", "c"}
+
+
+# --- in a real Grafana, against a real operator mid-run -----------------------------------------
+
+RUN_TIMEOUT = 1200  # the tiny run's first six stages on two CPU cores, with margin
+
+
+def grafana_substitute(expr: str, values: dict[str, str]) -> str:
+    """What Grafana's frontend does before it sends a panel's query: the dashboard's variables
+    replaced by their current values. Grafana's built-ins ($__rate_interval, $__interval,
+    $__range...) are left in: its Prometheus backend interpolates those itself. A variable the
+    test has no value for fails here, rather than going out as a regex that matches nothing."""
+
+    def sub(m) -> str:
+        name = m.group(0).strip("${}[]").split(":")[0]
+        if name.startswith("__"):
+            return m.group(0)
+        if name not in values:
+            raise AssertionError(f"no value for dashboard variable ${name} in {expr!r}")
+        return values[name]
+
+    out = VARIABLE.sub(sub, expr)
+    left = [v for v in VARIABLE.findall(out) if not v.strip("${}[]").startswith("__")]
+    assert not left, f"variables left in {out!r}: {left}"
+    return out
+
+
+def frames_with_data(result: dict) -> list[dict]:
+    """The frames of one /api/ds/query result that hold at least one row."""
+    return [f for f in result.get("frames", [])
+            if any(len(col) for col in (f.get("data") or {}).get("values", []))]
+
+
+@pytest.mark.cluster
+def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
+        tmp_path, kubectl, kube_env, k8s_api, namespace, s3, prometheus_factory, wait_until):
+    """The chart's dashboard imported into a real Grafana (kubeharness/grafana.py), a Prometheus
+    datasource scraping a real operator while a CreamRun is half done: every panel's every
+    query, sent through Grafana's /api/ds/query as the panel sends it, returns data, and the
+    variables' label_values() queries list the run."""
+    kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "cream.dev_creamruns.yaml"))
+    kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
+    bucket = s3.make_bucket()
+    client.CoreV1Api(k8s_api).create_namespaced_secret(namespace, {
+        "metadata": {"name": "cream-s3"}, "stringData": s3.env()})
+    op = OperatorProcess(kube_env, namespace, tmp_path, f"s3://{bucket}/runs").start()
+    grafana = Grafana(tmp_path / "grafana")
+    custom = client.CustomObjectsApi(k8s_api)
+    try:
+        # JSON, not YAML: kubectl reads YAML 1.1, where the key `n` would be false.
+        kubectl("apply", "-n", namespace, "-f", "-",
+                input=json.dumps(yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())))
+        prom = prometheus_factory(targets=[f"127.0.0.1:{op.metrics_port}"])
+        grafana.start()  # its first start (database migrations) overlaps the run's first stages
+        grafana.add_prometheus(prom.url, uid="prometheus")
+        saved = grafana.import_dashboard(load())
+        assert saved["status"] == "success" and saved["uid"] == "cream-operator", saved
+        dash = grafana.get(f"/api/dashboards/uid/{saved['uid']}")["dashboard"]
+        assert [p["id"] for p in panels(dash)] == [p["id"] for p in panels(load())]
+
+        def status() -> dict:
+            run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
+            return run.get("status") or {}
+
+        def iteration_one_measured() -> dict | None:
+            st = status()
+            assert st.get("phase") != "Failed", json.dumps(st, indent=1)[-3000:]
+            done = any(r.get("consistencyRate") is not None for r in st.get("results", []))
+            return st if done else None
+
+        try:
+            wait_until(iteration_one_measured, RUN_TIMEOUT, "iteration 1's consistency",
+                       interval=2)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\noperator log:\n{op.log_text()[-4000:]}") from None
+        wait_until(lambda: prom.query(
+            f'cream_consistency_rate{{namespace="{namespace}",run="tiny",iteration="1"}}'),
+            60, "Prometheus to scrape iteration 1's consistency")
+        assert status()["phase"] == "Running"  # mid-run: iteration 2 is still to come
+
+        # The variables' dropdowns, as Grafana fills them (its datasource resource API).
+        for var in dash["templating"]["list"]:
+            if var["type"] != "query":
+                continue
+            selector, label = label_values_query(var["query"]["query"])
+            selector = grafana_substitute(selector, {"namespace": namespace})
+            values = grafana.get("/api/datasources/uid/prometheus/resources/api/v1/label/"
+                                 f"{label}/values?" + urlencode({"match[]": selector}))["data"]
+            assert {"namespace": namespace, "run": "tiny"}[label] in values, (var["name"], values)
+
+        variables = {"datasource": "prometheus", "namespace": namespace, "run": "tiny"}
+        asked = 0
+        for panel in panels(dash):
+            if not panel.get("targets"):
+                continue
+            # The panel's targets as the panel sends them: its datasource, the variables filled.
+            sent = [{**t, "expr": grafana_substitute(t["expr"], variables),
+                     "datasource": {"type": "prometheus", "uid": grafana_substitute(
+                         t["datasource"]["uid"], variables)},
+                     "intervalMs": 15000, "maxDataPoints": 300} for t in panel["targets"]]
+            results = grafana.query(sent)
+            for target in sent:
+                where = f"panel {panel['id']} {panel['title']!r} target {target['refId']}"
+                result = results.get(target["refId"], {})
+                assert not result.get("error"), f"{where}: {result.get('error')}"
+                assert frames_with_data(result), \
+                    f"{where}: no data for {target['expr']!r}: {json.dumps(result)[:1500]}"
+                asked += 1
+        assert asked == len(queries(load()))
+        assert status()["phase"] == "Running"
+    finally:
+        grafana.stop()
+        # The run carries kopf's finalizer: delete it while the operator still runs.
+        kubectl("delete", "creamrun", "tiny", "-n", namespace, "--ignore-not-found",
+                "--timeout=60s", check=False)
+        op.stop()
+
+
+def test_grafana_helpers_fill_variables_and_see_empty_answers():
+    """The Grafana test's own readers: a variable without a value fails, built-ins stay for
+    Grafana, and an answer without rows (what a query left with `$run` gets) is no data."""
+    expr = 'rate(x{run=~"$run", ns=~"${namespace}"}[$__rate_interval])'
+    assert grafana_substitute(expr, {"run": "tiny", "namespace": "ml"}) == \
+        'rate(x{run=~"tiny", ns=~"ml"}[$__rate_interval])'
+    with pytest.raises(AssertionError, match=r"no value for dashboard variable \$run"):
+        grafana_substitute(expr, {"namespace": "ml"})
+    empty = {"status": 200, "frames": [{"schema": {"fields": []}, "data": {"values": []}}]}
+    rows = {"status": 200, "frames": [{"schema": {}, "data": {"values": [[1e12], [0.7]]}}]}
+    assert frames_with_data(empty) == [] and frames_with_data(rows) == rows["frames"]

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .grafana import GRAFANA_MODULE_VERSION, GRAFANA_VERSION, grafana_build
+
 KUBERNETES_VERSION = "v1.36.3"
 # The etcd that Kubernetes v1.36.3 itself requires: building it in the same module changes none of
 # Kubernetes' dependency versions and shares their compilation.
@@ -261,6 +263,9 @@ TOOLS: dict[str, Tool] = {
     # kueue has no --version: it logs its gitVersion at start, then exits on the empty kubeconfig
     "kueue": Tool("kueue", KUEUE_VERSION, f"kueue-{KUEUE_VERSION}", ("--kubeconfig=/dev/null",),
                   kueue_build),
+    # not a plain GoBuild: the source needs `wire gen` first (grafana.py)
+    "grafana": Tool("grafana", GRAFANA_VERSION, f"grafana-{GRAFANA_MODULE_VERSION}",
+                    ("--version",), grafana_build),
 }
 
 
