@@ -5,13 +5,15 @@
 #   make cluster-up      start a cluster in the background (state in $(CLUSTER_STATE)); prints
 #                        the kubeconfig path (CLUSTER_NODES=2 for two nodes)
 #   make cluster-down    stop it
+#   make cluster-demo    the operator at work: cluster, chart, S3, examples/tiny.yaml followed to
+#                        its end, `cream get`, Prometheus and Grafana left running (kubeharness/demo.py)
 # `tools` needs only the standard library, so it runs before the venv exists.
 CLUSTER_STATE ?= build/cluster
 CLUSTER_GPUS ?= 8
 CLUSTER_NODES ?= 1
 KUBEHARNESS = PYTHONPATH=tests$${PYTHONPATH:+:$$PYTHONPATH}
 
-.PHONY: cluster-tools cluster-up cluster-down cluster-status
+.PHONY: cluster-tools cluster-up cluster-down cluster-status cluster-demo
 
 cluster-tools:
 	@$(KUBEHARNESS) python3 -m kubeharness tools
@@ -25,3 +27,6 @@ cluster-down:
 
 cluster-status:
 	@$(KUBEHARNESS) python3 -m kubeharness status --state $(CLUSTER_STATE)
+
+cluster-demo: venv cluster-tools
+	@$(KUBEHARNESS) $(PY) -m kubeharness.demo --state $(CLUSTER_STATE)
