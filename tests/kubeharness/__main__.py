@@ -1,7 +1,8 @@
 """python -m kubeharness tools | up | down | status | serve
 
-tools   build or fetch every binary (Kubernetes, etcd, kubectl, helm, the S3 server, Kueue) and
-        install Prometheus; cheap when everything is cached. Needs only the standard library.
+tools   build or fetch every binary (Kubernetes, etcd, kubectl, helm, the S3 server, Kueue,
+        Grafana) and install Prometheus (and a C compiler for Grafana's cgo, if none); cheap when
+        everything is cached. Needs only the standard library.
 up      start a cluster (control plane, node agent, S3) in the background; print the kubeconfig.
 down    stop the cluster that `up` started in the same state directory.
 status  print the running cluster's connection details (state/cluster.json).
@@ -26,22 +27,35 @@ from . import binaries
 DEFAULT_STATE = Path("build/cluster")
 
 
-def install_prometheus() -> str:
-    if found := shutil.which("prometheus"):
+def apt_install(command: str, packages: list[str], why: str) -> str:
+    """`command` from PATH, or installed from Debian's packages when it is missing (as root)."""
+    if found := shutil.which(command):
         return found
     if os.geteuid() != 0:
-        sys.exit("prometheus is missing; install it as root: apt-get update && "
-                 "apt-get install -y prometheus")
+        sys.exit(f"{command} is missing ({why}); install it as root: apt-get update && "
+                 f"apt-get install -y {' '.join(packages)}")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("[kubeharness] installing prometheus from Debian's packages", file=sys.stderr)
+    print(f"[kubeharness] installing {' '.join(packages)} from Debian's packages ({why})",
+          file=sys.stderr)
     subprocess.run(["apt-get", "update", "-q"], check=True, env=env, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"],
+    subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages],
                    check=True, env=env, stdout=subprocess.DEVNULL)
-    return shutil.which("prometheus") or "/usr/bin/prometheus"
+    return shutil.which(command) or f"/usr/bin/{command}"
+
+
+def install_prometheus() -> str:
+    return apt_install("prometheus", ["prometheus"], "the metrics tests scrape the operator")
+
+
+def install_c_compiler() -> str:
+    # libc6-dev is only a recommendation of gcc, and cgo needs its headers
+    return shutil.which("cc") or apt_install(
+        "gcc", ["gcc", "libc6-dev"], "Grafana's SQLite driver is built with cgo")
 
 
 def cmd_tools(args) -> None:
     t0 = time.monotonic()
+    install_c_compiler()
     found = binaries.ensure()
     found_prom = install_prometheus()
     for name, path in sorted(found.items()):
