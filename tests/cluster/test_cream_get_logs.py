@@ -113,7 +113,7 @@ def test_cream_get_and_logs_follow_a_run(
     assert "\n".join(lines[-len(table.splitlines()):]) == table
     header, rule, *rows = table.splitlines()
     assert header.split() == ["iteration", "consistency", "pairs", "dropped", "arc_challenge",
-                              "arc_easy", "gsm8k", "openbookqa", "siqa"]
+                              "arc_easy", "gsm8k", "lm_arc_easy", "openbookqa", "siqa"]
     baseline = next(r for r in status["results"] if r["iteration"] == 0)
     row = next(r.split() for r in rows if r.split()[0] == "0")
     assert row[1:4] == ["-", "-", "-"]  # the SFT model's baseline: accuracy only
