@@ -48,25 +48,38 @@ def encode_pairs(tokenizer, pairs: list[PairRecord], max_length: int,
     return out
 
 
-def make_loss_fn(pad_id: int, beta: float):
+def make_loss_fn(pad_id: int, beta: float, layout: str = "tree"):
+    """The loss of a micro-batch. layout "tree": chosen and rejected share their prompt's
+    forward pass, packed without padding (packed_logprobs.sequence_logps_packed), where the
+    model's attention is pluggable; "padded": logprobs.py's padded batch. Both give the same
+    loss and gradients (tests/stages/test_packed_dpo.py)."""
     import torch  # noqa: PLC0415
 
     from .logprobs import pad_batch, sequence_logps  # noqa: PLC0415
     from .losses import cream_dpo_loss  # noqa: PLC0415
+    from .packed_logprobs import sequence_logps_packed  # noqa: PLC0415
+    from .tree_attention import supports_tree_attention  # noqa: PLC0415
 
     def loss_fn(model, batch: list[DpoExample]):
         device = next(model.parameters()).device
         # Chosen and rejected in one forward pass.
         encs = [ex.chosen for ex in batch] + [ex.rejected for ex in batch]
-        logps = sequence_logps(model, *pad_batch(encs, pad_id, device))
+        if layout == "tree" and supports_tree_attention(getattr(model, "module", model)):
+            logps = sequence_logps_packed(model, encs)
+        else:
+            logps = sequence_logps(model, *pad_batch(encs, pad_id, device),
+                                   dtype=torch.float64)
         n = len(batch)
 
+        # float64 like the scores themselves: s_theta - s_ref is a small difference of two
+        # large sums (a float32 ulp of -700 is 6e-5 nats), and at the start s_theta == s_ref.
         def col(name):
-            return torch.tensor([getattr(ex, name) for ex in batch], device=device)
+            return torch.tensor([getattr(ex, name) for ex in batch], dtype=torch.float64,
+                                device=device)
 
         losses = cream_dpo_loss(logps[:n], logps[n:], col("ref_chosen"), col("ref_rejected"),
                                 col("weight"), beta)
-        return losses.mean()
+        return losses.mean().float()
 
     return loss_fn
 

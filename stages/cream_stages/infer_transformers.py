@@ -3,12 +3,18 @@
 Generation batches prompts with left padding (generation appends on the right) and decodes only
 the new tokens; sampling is deterministic given the seed and the batches (the generator is seeded
 at each batch from the seed and the batch's first prompt id, so a batch samples the same in any
-process and in any order: engine_pool.py relies on it). Scoring is logprobs.py's
-padded, length-sorted path: the reference every other scorer is tested against.
+process and in any order: engine_pool.py relies on it).
+
+Scoring on the CPU is packed_logprobs.py's prefix-shared packing (each prompt computed once,
+no padding, chunked log-softmax), the fastest there by measurement (bench/RESULTS.md); the
+padded, length-sorted path of logprobs.py is the reference it is tested against, and what a
+model that cannot be packed (see packed_logprobs.supports_packing) or a GPU uses: no GPU has
+measured the two yet, and this backend's GPU scoring is vLLM's job.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
@@ -17,14 +23,45 @@ from transformers import GenerationConfig
 
 from .logprobs import score_encodings
 from .models import load_model
+from .packed_logprobs import score_packed, supports_packing
 from .seeds import request_seed
 from .tokenization import prompt_text
 
+log = logging.getLogger(__name__)
+
+SCORERS = ("auto", "tree", "packed", "padded")
+
 
 class TransformersEngine:
-    def __init__(self, model: str, precision: str, seed: int):
+    """`scorer`: "auto" (the measured default: "tree" on the CPU where the model supports it,
+    else "padded"), or one of "tree", "packed", "padded" (logprobs.py's reference)."""
+
+    def __init__(self, model: str, precision: str, seed: int, scorer: str = "auto"):
+        if scorer not in SCORERS:
+            raise ValueError(f"unknown scorer {scorer!r} (known: {', '.join(SCORERS)})")
         self.model, self.tokenizer, self.path = load_model(model, precision)
         self.seed = seed
+        self.scorer = scorer
+        self._resolved: str | None = None
+
+    def resolve_scorer(self) -> str:
+        """The scorer this engine uses: decided once (checking the model costs a forward)."""
+        if self._resolved is None:
+            wanted = self.scorer
+            if wanted == "auto":
+                wanted = "tree" if self.model.device.type == "cpu" else "padded"
+            if wanted != "padded":
+                probe = self.tokenizer("a probe of the model's head", add_special_tokens=False)[
+                    "input_ids"]
+                ok, why = supports_packing(self.model, probe)
+                if not ok:
+                    if self.scorer != "auto":
+                        raise ValueError(f"{self.path}: cannot score with {wanted!r}: {why}")
+                    log.warning("%s: scoring with the padded path: %s", self.path, why)
+                    wanted = "padded"
+            self._resolved = wanted
+            log.info("scorer: %s", wanted)
+        return self._resolved
 
     def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
                  sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
@@ -35,8 +72,14 @@ class TransformersEngine:
 
     def score(self, encodings: Sequence, *, max_length: int, batch_size: int,
               desc: str = "score") -> list[float]:
-        return score_encodings(self.model, list(encodings), self.tokenizer.pad_token_id,
-                               batch_size, self.model.device, desc=desc)
+        scorer = self.resolve_scorer()
+        if scorer == "padded":
+            return score_encodings(self.model, list(encodings), self.tokenizer.pad_token_id,
+                                   batch_size, self.model.device, desc=desc)
+        # A row holds what a padded batch of batch_size x max_length held: the same memory.
+        return score_packed(self.model, list(encodings), layout=scorer,
+                            row_tokens=batch_size * max_length, device=self.model.device,
+                            desc=desc)
 
     def lm_eval_model(self, batch_size: int):
         from lm_eval.models.huggingface import HFLM  # noqa: PLC0415 - only when asked

@@ -38,9 +38,12 @@ def token_logps(model, input_ids, attention_mask, target_mask) -> torch.Tensor:
     return torch.where(target_mask[:, 1:], logps, 0.0)
 
 
-def sequence_logps(model, input_ids, attention_mask, target_mask) -> torch.Tensor:
-    """Per-sequence sum of log p(token | prefix) over the target tokens (float32, [batch])."""
-    return token_logps(model, input_ids, attention_mask, target_mask).sum(-1)
+def sequence_logps(model, input_ids, attention_mask, target_mask,
+                   dtype=torch.float32) -> torch.Tensor:
+    """Per-sequence sum of log p(token | prefix) over the target tokens ([batch]), accumulated
+    in `dtype`: scores ask for float64, since float32 cannot hold a long response's sum to 1e-4
+    nats (an ulp of -7000 is 5e-4), while the float32 token log-probs are exact enough."""
+    return token_logps(model, input_ids, attention_mask, target_mask).to(dtype).sum(-1)
 
 
 @torch.no_grad()
@@ -52,6 +55,7 @@ def score_encodings(model, encodings: list[Encoded], pad_id: int, batch_size: in
     for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
         idx = order[start:start + batch_size]
         batch = pad_batch([encodings[i] for i in idx], pad_id, device)
-        for i, value in zip(idx, sequence_logps(model, *batch).tolist(), strict=True):
+        logps = sequence_logps(model, *batch, dtype=torch.float64)
+        for i, value in zip(idx, logps.tolist(), strict=True):
             out[i] = value
     return out
