@@ -44,7 +44,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from .tokenization import Encoded
@@ -186,23 +185,17 @@ def logits_chunk_rows(vocab: int, logits_bytes: int) -> int:
 
 
 def _chunk_logps(head, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    logits = head(hidden).float()
+    logits = head(hidden).float()  # as the padded path: the head in the model's dtype
     return logits.gather(-1, tokens[:, None]).squeeze(-1) - logits.logsumexp(-1)
 
 
 def target_logps(head, states: torch.Tensor, tokens: torch.Tensor, vocab: int,
                  logits_bytes: int = DEFAULT_LOGITS_BYTES) -> torch.Tensor:
     """float32 log p of each token from the hidden state that predicts it ([targets, d]), the
-    head applied `logits_bytes` of float32 logits at a time. Under autograd each chunk's logits
-    are recomputed in the backward pass instead of kept."""
+    head applied `logits_bytes` of float32 logits at a time."""
     step = logits_chunk_rows(vocab, logits_bytes)
-    pieces = []
-    for start in range(0, len(states), step):
-        h, tok = states[start:start + step], tokens[start:start + step]
-        if torch.is_grad_enabled() and h.requires_grad:
-            pieces.append(checkpoint(_chunk_logps, head, h, tok, use_reentrant=False))
-        else:
-            pieces.append(_chunk_logps(head, h, tok))
+    pieces = [_chunk_logps(head, states[i:i + step], tokens[i:i + step])
+              for i in range(0, len(states), step)]
     return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
 
 
