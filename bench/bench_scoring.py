@@ -9,9 +9,10 @@ process and on the same requests, every way of computing s_M:
 - packed: packed_logprobs.score_packed, layout "packed" (no padding, no prefix sharing);
 - tree: score_packed, layout "tree" (each prompt once, its responses on top: the engine's
   default on the CPU);
-- and two alternatives measured to choose the design: dense-mask (the same tree rows through
-  the model's own sdpa attention with a dense [row x row] boolean mask) and prompt-cache (the
-  prompt's KV cache expanded to its N responses, padded to the longest).
+- and two alternatives measured to choose the design: dense-mask (the same trees, one per row,
+  through the model's own sdpa attention with a dense [row x row] boolean mask) and
+  prompt-cache (the prompt's KV cache expanded to its N responses, padded to the longest; every
+  response token is a target in these requests, which this bench-only scorer assumes).
 
 Models have random weights (throughput does not depend on them) and the architecture of
 SmolLM2-135M, SmolLM2-360M, SmolLM2-1.7B or TinyLlama-1.1B. Requests: --prompts prompts of
@@ -29,8 +30,8 @@ whose padded logits alone would need gigabytes (a 128k vocabulary, long response
 memory.
 
     .venv/bin/python bench/bench_scoring.py [--models smollm2-135m,smollm2-360m] [--prompts 4]
-        [--n 5] [--rounds 3] [--threads 2] [--device cpu|cuda] [--dtype float32|bfloat16]
-        [--json FILE]
+        [--n 5] [--rounds 3] [--threads 2] [--alternatives smollm2-135m] [--device cpu|cuda]
+        [--dtype float32|bfloat16] [--json FILE]
 """
 
 from __future__ import annotations
@@ -111,12 +112,17 @@ def _blocks_mask(row, width: int, device) -> torch.Tensor:
     return allowed[None, None].to(device)
 
 
+def dense_rows(encodings) -> list[list]:
+    """One tree per row: the dense mask's best case (its cost grows with the row squared)."""
+    return [[tree] for tree in plan_trees(encodings, "tree", row_tokens=10**9)]
+
+
 @torch.no_grad()
-def score_dense_mask(model, encodings, row_tokens: int, device) -> list[float]:
+def score_dense_mask(model, encodings, device) -> list[float]:
     head = model.get_output_embeddings()
     vocab = head.weight.shape[0]
     out = torch.zeros(len(encodings), dtype=torch.float64)
-    for trees in plan_rows(encodings, "tree", row_tokens):
+    for trees in dense_rows(encodings):
         row = build_row(trees, encodings, device)
         hidden = model.base_model(input_ids=row.input_ids, position_ids=row.position_ids,
                                   attention_mask=_blocks_mask(row, row.input_ids.shape[1],
@@ -207,9 +213,9 @@ def work_padded(encodings, batch_size: int) -> Work:
     return Work(body, body, pairs)  # logits at every position, prompt and padding included
 
 
-def work_rows(encodings, layout: str, row_tokens: int, dense: bool) -> Work:
+def work_rows(encodings, rows: list[list], dense: bool) -> Work:
     body = pairs = 0
-    for trees in plan_rows(encodings, layout, row_tokens):
+    for trees in rows:
         row = build_row(trees, encodings)
         width = row.input_ids.shape[1]
         body += width
@@ -322,17 +328,19 @@ def run_model(arch: str, args, device, dtype) -> dict:
                                        device=device),
         "tree": lambda: score_packed(model, encs, layout="tree", row_tokens=row_tokens,
                                      device=device),
-        "dense-mask": lambda: score_dense_mask(model, encs, row_tokens, device),
+        "dense-mask": lambda: score_dense_mask(model, encs, device),
         "prompt-cache": lambda: score_prompt_cache(model, encs, 0, device),
     }
     work = {
         "padded": work_padded(encs, args.batch_size),
-        "packed": work_rows(encs, "packed", row_tokens, dense=False),
-        "tree": work_rows(encs, "tree", row_tokens, dense=False),
-        "dense-mask": work_rows(encs, "tree", row_tokens, dense=True),
+        "packed": work_rows(encs, plan_rows(encs, "packed", row_tokens), dense=False),
+        "tree": work_rows(encs, plan_rows(encs, "tree", row_tokens), dense=False),
+        "dense-mask": work_rows(encs, dense_rows(encs), dense=True),
         "prompt-cache": work_prompt_cache(encs),
     }
-    methods = [m for m in METHODS if m in args.methods]
+    alternatives = arch in args.alternatives.split(",")
+    methods = [m for m in METHODS if m in args.methods
+               and (alternatives or m not in ("dense-mask", "prompt-cache"))]
     times: dict[str, list[float]] = {m: [] for m in methods}
     memory: dict[str, float] = {}
     scores: dict[str, list[float]] = {}
@@ -417,6 +425,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default="smollm2-135m,smollm2-360m")
     parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--alternatives", default="smollm2-135m",
+                        help="the models on which dense-mask and prompt-cache run too")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--n", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
