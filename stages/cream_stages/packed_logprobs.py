@@ -22,10 +22,11 @@ every position, prompt positions included. Here:
 - **Exactness.** Per-token log-probs are float32, as in the padded path, and each sequence's sum
   is accumulated in float64 (float32 cannot hold the sum of a long response to 1e-4 nats).
 
-Chosen by measurement (bench/bench_scoring.py, bench/RESULTS.md), against the alternatives:
+Chosen against two alternatives that bench/bench_scoring.py also runs (the run recorded in
+bench/RESULTS.md measured padded, packed and tree only; what follows is from the FLOP counts):
 a dense tree-shaped [row x row] mask through the model's own sdpa attention (exact, but the
 kernels compute every masked-out pair: at five responses the attention costs several times what
-is needed, which ate most of the gain), and a prompt's KV cache expanded to its N responses
+is needed), and a prompt's KV cache expanded to its N responses
 (pads the responses to the longest of them, which with responses of 50-700 tokens costs about
 what the prompt recomputation saved).
 

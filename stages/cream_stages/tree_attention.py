@@ -4,9 +4,10 @@ A packed row (packed_logprobs.py) holds blocks of tokens: a prompt, then its res
 next prompt... A query sees its own block causally and, for a response, its prompt's block in
 full. A dense [row x row] mask would express that too, but the attention kernels compute every
 masked-out pair before discarding it: for a prompt of 175 tokens and five responses of 375, the
-dense mask costs 5x the attention FLOPs that are needed (bench/RESULTS.md). So each block is one
-scaled_dot_product_attention call over [its context; itself], lower-right causal, and no pad or
-masked-out pair is ever computed.
+dense mask costs 5-6x the attention FLOPs that are needed (bench_scoring.py's count). So each
+block is one scaled_dot_product_attention call over [its context; itself], lower-right causal: no
+pad, and no pair outside a block's own context, is computed (only the upper triangle of a
+response's own keys, which its mask discards).
 
 It plugs into transformers through its attention interface (the library's documented extension
 point: `AttentionInterface.register`, then `set_attn_implementation`); the blocks travel as a
