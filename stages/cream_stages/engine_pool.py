@@ -5,6 +5,8 @@ Why batches and not prompts: what an engine computes for a sequence may depend o
 batch), so the pool forms the very batches one engine would form, from the whole input, and hands
 out whole batches. Which engine ran a batch then changes nothing: the outputs of 1, 2 or 8 engines
 are identical (tests/stages/test_data_parallel.py), and `data_parallel` is a speed setting only.
+Score batches are length-sorted, or, for an engine that computes a prompt once under all its
+responses (`scores_by_prompt`: the transformers tree scorer), whole prompts (`prompt_batches`).
 
 Balance: batches go out longest-first (by a token estimate: prompt plus n x max_tokens when
 generating, sequence length when scoring) to whichever engine is free, so the stage ends with
@@ -52,6 +54,23 @@ def even_chunks(costs: Sequence[int], chunks: int) -> list[list[int]]:
         out[-1].append(i)
         acc += cost
     return [c for c in out if c]
+
+
+def prompt_batches(prompts: Sequence, costs: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Score batches that keep each prompt's responses together, for a scorer that computes a
+    prompt once under all its responses (packed_logprobs' tree): whole groups of equal `prompts`
+    keys, costliest group first, filled up to `batch_size` sequences (a larger group alone)."""
+    groups: dict = {}
+    for i, key in enumerate(prompts):
+        groups.setdefault(key, []).append(i)
+    ordered = sorted(groups.values(), key=lambda g: -sum(costs[i] for i in g))  # stable
+    out: list[list[int]] = []
+    for group in ordered:
+        if out and len(out[-1]) + len(group) <= batch_size:
+            out[-1].extend(group)
+        else:
+            out.append(list(group))
+    return out
 
 
 def longest_first(work: Sequence[list[int]], costs: Sequence[int]) -> list[int]:
@@ -202,9 +221,18 @@ class EnginePool:
     def score(self, encodings: Sequence, *, max_length: int, batch_size: int,
               desc: str = "score") -> list[float]:
         costs = [len(e.input_ids) for e in encodings]
-        # longest sequences together, as one engine's scorer groups them (stable: ties in order)
-        order = sorted(range(len(encodings)), key=lambda i: -costs[i])
-        work = [[order[j] for j in b] for b in self._cut([costs[i] for i in order], batch_size)]
+        if getattr(self.local, "scores_by_prompt", False) and not self.batches_itself:
+            from .packed_logprobs import shared_prefix_len  # noqa: PLC0415 - imports torch
+
+            # a prompt's responses in one batch, so the engine computes the prompt once
+            work = prompt_batches([tuple(e.input_ids[:shared_prefix_len(e)]) for e in encodings],
+                                  costs, batch_size)
+        else:
+            # longest sequences together, as one engine's scorer groups them (stable: ties in
+            # order)
+            order = sorted(range(len(encodings)), key=lambda i: -costs[i])
+            work = [[order[j] for j in b]
+                    for b in self._cut([costs[i] for i in order], batch_size)]
 
         def call(b: list[int]):
             return ("score", ([encodings[i] for i in b],),

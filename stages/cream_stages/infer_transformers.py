@@ -63,6 +63,12 @@ class TransformersEngine:
             log.info("scorer: %s", wanted)
         return self._resolved
 
+    @property
+    def scores_by_prompt(self) -> bool:
+        """Whether score() computes a prompt once for all its responses in a call (the tree):
+        engine_pool.py then keeps a prompt's responses in one batch."""
+        return self.resolve_scorer() == "tree"
+
     def generate(self, prompts: Sequence[str], keys: Sequence[str], *, n: int = 1,
                  sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
                  batch_size: int, desc: str = "generate") -> list[list[str]]:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from cream_stages.engine_pool import batches, cpu_threads, even_chunks, longest_first
+from cream_stages.engine_pool import (
+    batches,
+    cpu_threads,
+    even_chunks,
+    longest_first,
+    prompt_batches,
+)
 
 
 def test_batches_are_one_engines_batches():
@@ -30,3 +36,15 @@ def test_longest_batches_go_first_ties_in_order():
 def test_cpu_threads_share_the_cores():
     assert cpu_threads(1) >= 1
     assert cpu_threads(1000) == 1
+
+
+def test_prompt_batches_keep_a_prompts_responses_together():
+    """For the tree scorer: a prompt's responses never split, costliest prompt first, batches
+    filled with whole prompts up to batch_size sequences (a larger prompt alone)."""
+    prompts = ["a", "b", "a", "c", "b", "a", "c", "d", "d", "d", "d", "d"]
+    costs = [5, 9, 5, 1, 9, 5, 1, 2, 2, 2, 2, 2]
+    got = prompt_batches(prompts, costs, batch_size=4)
+    assert got == [[1, 4], [0, 2, 5], [7, 8, 9, 10, 11], [3, 6]]
+    for batch in got:
+        assert len({prompts[i] for i in batch}) == 1 or len(batch) <= 4
+    assert sorted(i for b in got for i in b) == list(range(len(prompts)))
