@@ -42,6 +42,10 @@ MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
 # Kubernetes v1.36.3, so pinning it to Kubernetes' versions would build an untested combination.
 KUEUE_VERSION = "v0.19.2"
 KUEUE_COMMIT = "8eab68778fc1b52affe165fdf5af29d1e9b4f3cb"  # the tag's commit (the proxy's .info)
+# kwok plays many (GPU) nodes and their Pods for the scale tests (kwok.py). v0.8.0 is built on
+# k8s.io v0.36.1; its Kubernetes modules are raised to Kubernetes' own v0.36.3 (a patch step), so
+# they are the ones the control plane's build already downloaded.
+KWOK_VERSION = "v0.8.0"
 
 KUBE_TOOLS = ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 
@@ -92,6 +96,9 @@ class GoBuild:
     # module whose go.sum seeds the wrapper's: its checksums were verified against the checksum
     # database when it was released, which the module proxy here cannot answer for every module
     sums_of: tuple[str, str] | None = None
+    # (k8s.io/kubernetes, version): require every staging module that the first required module
+    # names at that release's published version, so two builds share Kubernetes' modules
+    align_staging_with: tuple[str, str] | None = None
 
     def workdir(self) -> Path:
         return cache_root() / "src" / self.name
@@ -99,14 +106,17 @@ class GoBuild:
     def _replaces(self) -> dict[str, str]:
         if not self.staging_of:
             return {}
-        module, version = self.staging_of
-        info = json.loads(_run([go_binary(), "mod", "download", "-json", f"{module}@{version}"]))
-        gomod = Path(info["GoMod"]).read_text()
-        staged = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/\S+", gomod, re.M)
-        if not staged:
-            raise RuntimeError(f"no staging replaces found in {module}@{version}'s go.mod")
-        published = "v0." + version.removeprefix("v1.")
-        return {mod: published for mod in staged}
+        return _staging_modules(*self.staging_of)
+
+    def _aligned_requires(self) -> dict[str, str]:
+        requires = dict(self.requires)
+        if self.align_staging_with:
+            module, version = next(iter(self.requires.items()))
+            named = set(re.findall(r"^\s*(k8s\.io/\S+)\s+v", _gomod(module, version), re.M))
+            for mod, published in _staging_modules(*self.align_staging_with).items():
+                if mod in named:
+                    requires.setdefault(mod, published)
+        return requires
 
     def build(self, outdir: Path, log=sys.stderr) -> float:
         """Build every package into outdir; return the wall time in seconds."""
@@ -114,7 +124,7 @@ class GoBuild:
         work = self.workdir()
         work.mkdir(parents=True, exist_ok=True)
         lines = ["module cream-operator/toolbuild", "", "go 1.26", "", "require ("]
-        lines += [f"\t{m} {v}" for m, v in self.requires.items()]
+        lines += [f"\t{m} {v}" for m, v in self._aligned_requires().items()]
         lines.append(")")
         replaces = self._replaces()
         if replaces:
@@ -144,6 +154,21 @@ class GoBuild:
         took = time.monotonic() - start
         print(f"[kubeharness] built {self.name} in {took:.0f}s", file=log, flush=True)
         return took
+
+
+def _gomod(module: str, version: str) -> str:
+    info = json.loads(_run([go_binary(), "mod", "download", "-json", f"{module}@{version}"]))
+    return Path(info["GoMod"]).read_text()
+
+
+def _staging_modules(module: str, version: str) -> dict[str, str]:
+    """k8s.io/kubernetes' staging modules (its ./staging replaces) -> their published v0.Y.Z."""
+    staged = re.findall(r"^\s*(k8s\.io/\S+)\s+=>\s+\./staging/\S+", _gomod(module, version),
+                        re.M)
+    if not staged:
+        raise RuntimeError(f"no staging replaces found in {module}@{version}'s go.mod")
+    published = "v0." + version.removeprefix("v1.")
+    return {mod: published for mod in staged}
 
 
 def _default_binary_name(pkg: str) -> str:
@@ -223,6 +248,15 @@ def kueue_build() -> GoBuild:
     )
 
 
+def kwok_build() -> GoBuild:
+    return GoBuild(
+        name=f"kwok-{KWOK_VERSION}",
+        requires={"sigs.k8s.io/kwok": KWOK_VERSION},
+        packages={"sigs.k8s.io/kwok/cmd/kwok": "kwok"},
+        align_staging_with=("k8s.io/kubernetes", KUBERNETES_VERSION),
+    )
+
+
 @dataclass(frozen=True)
 class Tool:
     name: str
@@ -266,6 +300,7 @@ TOOLS: dict[str, Tool] = {
     # not a plain GoBuild: the source needs `wire gen` first (grafana.py)
     "grafana": Tool("grafana", GRAFANA_VERSION, f"grafana-{GRAFANA_MODULE_VERSION}",
                     ("--version",), grafana_build),
+    "kwok": Tool("kwok", KWOK_VERSION, f"kwok-{KWOK_VERSION}", ("--version",), kwok_build),
 }
 
 
