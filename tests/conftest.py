@@ -8,6 +8,7 @@ from kubeharness.fixtures import (  # noqa: F401 - fixtures, used by name
     kubeconfig,
     kubectl,
     kueue,
+    kwok_factory,
     namespace,
     namespace_factory,
     node_agent,

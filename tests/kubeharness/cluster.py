@@ -1,5 +1,8 @@
 """A whole test cluster: the control plane plus the local node agents (one per Node), started and
-stopped as one. Nodes beyond the first can come and go while it runs (add_node, remove_node)."""
+stopped as one. Nodes beyond the first can come and go while it runs (add_node, remove_node).
+
+A scale benchmark may leave the node agents out (``node_agent=False``) and let kwok (kwok.py) play
+its nodes instead."""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ class Cluster:
     node_name: str = NODE_NAME
     tie_to_parent: bool = True
     nodes: int = 1  # node agents started with the cluster: node_name, then node_name-2, ...
+    node_agent: bool = True  # False: no node agent at all (kwok plays the nodes)
+    # more flags per control-plane component: ControlPlane.extra_args
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
     control_plane: ControlPlane | None = None
     agent: Service | None = None  # the first node's agent
     agents: dict[str, Service] = field(default_factory=dict)  # every node's agent, by node
@@ -42,12 +48,15 @@ class Cluster:
 
     def start(self) -> Cluster:
         t0 = time.monotonic()
-        self.control_plane = ControlPlane(self.state, tie_to_parent=self.tie_to_parent)
+        self.control_plane = ControlPlane(self.state, tie_to_parent=self.tie_to_parent,
+                                          extra_args=self.extra_args)
         try:
             self.control_plane.start()
-            self.agent = self._start_agent(self.node_name, 0)
-            for _ in range(1, self.nodes):
-                self.add_node()
+            if self.node_agent:
+                self.agent = self._start_agent(self.node_name, 0)
+                for _ in range(1, self.nodes):
+                    self.add_node()
+            self._wait_default_service_account()
         except BaseException:
             self.stop()
             raise
@@ -76,11 +85,13 @@ class Cluster:
                        for c in obj.status.conditions or [])
 
         wait_for(node_ready, START_TIMEOUT, f"Node {node} Ready", agent)
-        if index == 0:
-            # Pods are rejected until the ServiceAccount controller made the namespace's "default"
-            wait_for(lambda: core.read_namespaced_service_account("default", "default")
-                     is not None, START_TIMEOUT, "ServiceAccount default/default")
         return agent
+
+    def _wait_default_service_account(self) -> None:
+        # Pods are rejected until the ServiceAccount controller made the namespace's "default"
+        core = client.CoreV1Api(self.api_client())
+        wait_for(lambda: core.read_namespaced_service_account("default", "default") is not None,
+                 START_TIMEOUT, "ServiceAccount default/default")
 
     def add_node(self, gpus: int | None = None) -> str:
         """Start one more node agent: a Node named node_name-<k> with its own address block.

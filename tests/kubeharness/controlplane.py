@@ -63,6 +63,9 @@ def _https_ok(url: str, pki: PKI | None = None) -> bool:
 class ControlPlane:
     state: Path
     tie_to_parent: bool = True
+    # more flags per component ("kube-apiserver", "kube-controller-manager", "kube-scheduler"),
+    # e.g. an audit log or higher client QPS for a scale benchmark
+    extra_args: dict[str, list[str]] = field(default_factory=dict)
     pki: PKI | None = None
     api_port: int = 0
     etcd_url: str = ""
@@ -77,6 +80,7 @@ class ControlPlane:
         return self.state / "kubeconfig"
 
     def _service(self, name: str, argv: list[str]) -> Service:
+        argv = [*argv, *self.extra_args.get(name, [])]
         svc = Service(name, argv, self.state, tie_to_parent=self.tie_to_parent)
         self.services.append(svc)
         return svc.start()

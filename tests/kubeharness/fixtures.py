@@ -44,6 +44,12 @@ Function-scoped:
                        ``.url``, ``.query(promql)``, ``.wait_for_value(promql, timeout)``;
                        stopped after the test.
 ``wait_until``         wait_until(fn, timeout=60, what="...") -> fn's first truthy result.
+``kwok_factory``       start(nodes=4, gpus_per_node=8, stages=[...]) -> kubeharness.kwok.Kwok:
+                       kwok playing that many tainted GPU nodes beside the node agent, with
+                       ``.node_selector`` and ``.toleration`` for the Pods meant for them, and
+                       ``.node_names``; its nodes are deleted and kwok stopped after the test.
+                       ``stages``: kwok Stage documents replacing the defaults of the same name
+                       (kubeharness/kwok_stages.yaml).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ from kubernetes import client
 from kubeharness import binaries, testing
 from kubeharness.cluster import Cluster
 from kubeharness.kueue import Kueue
+from kubeharness.kwok import Kwok
 from kubeharness.prometheus import Prometheus
 from kubeharness.s3server import S3Server
 
@@ -214,3 +221,20 @@ def kueue(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         yield k
     finally:
         k.stop()
+
+
+@pytest.fixture
+def kwok_factory(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Kwok]]:
+    started: list[Kwok] = []
+
+    def start(nodes: int = 4, gpus_per_node: int = 8, stages: list[dict] | None = None) -> Kwok:
+        if started:
+            raise RuntimeError("one kwok per test: its nodes share their names")
+        kwok = Kwok(tmp_path / "kwok", cluster.kubeconfig, nodes=nodes,
+                    gpus_per_node=gpus_per_node, stages=list(stages or []))
+        started.append(kwok)
+        return kwok.start()
+
+    yield start
+    for kwok in started:
+        kwok.stop()
