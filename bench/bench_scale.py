@@ -30,6 +30,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -50,6 +51,7 @@ from scale_measure import (  # noqa: E402
     JobTimes,
     audit_summary,
     counter_sum,
+    histogram_increase,
     histogram_quantile,
     latencies,
     parse_metrics,
@@ -250,7 +252,7 @@ def trial(args, index: int) -> dict:
         "kube-controller-manager": qps, "kube-scheduler": qps,
     })
     loads = {"start": loadavg()}
-    kwok = op = rec = None
+    kwok = op = rec = spy = None
     try:
         cluster.start()
         env = cluster.control_plane.env()
@@ -280,6 +282,13 @@ def trial(args, index: int) -> dict:
                 [str(src / "operator"), str(src / "stages"), op_env.get("PYTHONPATH", "")])
         before = apiserver_metrics(cluster)
         op = OperatorProcess(op_env, NAMESPACE, state, "s3://bench/runs").start()
+        if args.profile:  # sampled stacks of every thread, waiting ones too (--idle)
+            args.profile.mkdir(parents=True, exist_ok=True)
+            out = args.profile / f"operator-{args.runs}-{index}.txt"
+            spy = subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--idle", "--threads",
+                 "--format", "raw", "--rate", "50", "-o", str(out), "--pid", str(op.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = Recorder(cluster.api_client(), NAMESPACE).start()
         spec = run_spec(kwok.node_selector, kwok.toleration)
         custom = client.CustomObjectsApi(api)
@@ -299,6 +308,9 @@ def trial(args, index: int) -> dict:
         while len(rec.run_final) < args.runs and time.monotonic() < deadline:
             if op.proc.poll() is not None:
                 raise RuntimeError(f"the operator died:\n{op.log_text()[-3000:]}")
+            for svc in [*cluster.control_plane.services, kwok.service]:
+                if not svc.running():  # e.g. etcd on a full disk: the trial means nothing
+                    raise RuntimeError(f"{svc.name} died:\n{svc.log_tail()}")
             time.sleep(1)
         wall = time.monotonic() - t_apply
         loads["end"] = loadavg()
@@ -309,6 +321,9 @@ def trial(args, index: int) -> dict:
     finally:
         if rec is not None:
             rec.stop.set()
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            spy.wait(timeout=120)
         if op is not None:
             op.stop()
         if kwok is not None:
@@ -330,6 +345,8 @@ def trial(args, index: int) -> dict:
     with open(audit_log) as fh:
         audit = audit_summary(fh, OPERATOR_USER)
     codes = request_codes(before, after)
+    api_latency = histogram_increase(before, after, "apiserver_request_duration_seconds",
+                                     exclude_verbs=("WATCH", "CONNECT"))
     run_stages = len(jobs)
     ms = 1000.0
 
@@ -361,6 +378,11 @@ def trial(args, index: int) -> dict:
         "operator_codes": {str(k): v for k, v in sorted(audit.by_code.items())},
         "all_requests_per_run_stage": round(sum(codes.values()) / max(run_stages, 1), 2),
         "apiserver_codes": {k: int(v) for k, v in sorted(codes.items())},
+        # every client's requests but watches: how loaded the API server was
+        "apiserver_latency_ms": {
+            q: (None if (v := histogram_quantile(api_latency, "apiserver_request_duration_seconds",
+                                                 f)) is None else round(v * ms, 1))
+            for q, f in (("p50", 0.5), ("p99", 0.99))},
         "http_429_or_5xx": int(sum(v for k, v in codes.items()
                                    if k == "429" or k.startswith("5"))),
         "loadavg": loads,
@@ -373,15 +395,17 @@ def trial(args, index: int) -> dict:
 def table(records: list[dict]) -> str:
     head = ("| runs | trial | wall s | apply->1st Job p50/p99 ms | done->next Job p50/p99 ms | "
             "reconcile p50/p99 ms | reconciles | peak RSS MiB | CPU s | op. req/run-stage | "
-            "all req/run-stage | 429/5xx | load 1m start/end |")
-    rows = [head, "|" + "---:|" * 13]
+            "all req/run-stage | API server p50/p99 ms | 429/5xx | load 1m start/end |")
+    rows = [head, "|" + "---:|" * 14]
     for r in records:
         a, d, c = r["apply_to_first_job_ms"], r["done_to_next_job_ms"], r["reconcile_ms"]
+        api = r.get("apiserver_latency_ms", {})
         rows.append(
             f"| {r['runs']} | {r['trial']} | {r['wall_s']} | {a['p50']} / {a['p99']} | "
             f"{d['p50']} / {d['p99']} | {c['p50']} / {c['p99']} | {int(r['reconciles'])} | "
             f"{r['operator_peak_rss_mib']} | {r['operator_cpu_s']} | "
             f"{r['operator_requests_per_run_stage']} | {r['all_requests_per_run_stage']} | "
+            f"{api.get('p50')} / {api.get('p99')} | "
             f"{r['http_429_or_5xx']} | {r['loadavg']['start'].split()[0]} / "
             f"{r['loadavg']['end'].split()[0]} |")
     return "\n".join(rows)
@@ -399,6 +423,8 @@ def main() -> None:
     p.add_argument("--keep", action="store_true", help="keep each trial's state directory")
     p.add_argument("--operator-src", help="run the operator of this checkout (e.g. a baseline "
                    "made with `git worktree add`) instead of the installed one")
+    p.add_argument("--profile", type=Path, help="sample the operator with py-spy (its [dev] "
+                   "extra) into DIR/operator-<runs>-<trial>.txt (collapsed stacks)")
     p.add_argument("--json", type=Path, help="append the records (JSON lines) to this file")
     args = p.parse_args()
     records = []

@@ -102,6 +102,21 @@ def histogram_quantile(samples, name: str, q: float) -> float | None:
     return prev_bound
 
 
+def histogram_increase(before, after, name: str, exclude_verbs: tuple[str, ...] = ()) -> list:
+    """One histogram's increase between two scrapes, summed over its label sets (e.g. every
+    resource and verb of apiserver_request_duration_seconds but WATCH), as `<name>_bucket`
+    samples for histogram_quantile."""
+    def buckets(samples) -> Counter:
+        c: Counter = Counter()
+        for n, labels, value in samples:
+            if n == f"{name}_bucket" and labels.get("verb") not in exclude_verbs:
+                c[labels["le"]] += value
+        return c
+    inc = buckets(after)
+    inc.subtract(buckets(before))
+    return [(f"{name}_bucket", {"le": le}, value) for le, value in inc.items()]
+
+
 def counter_sum(samples, name: str, **match: str | re.Pattern) -> float:
     total = 0.0
     for n, labels, value in samples:

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from scale_measure import (  # noqa: E402
     JobTimes,
     audit_summary,
+    histogram_increase,
     histogram_quantile,
     latencies,
     parse_metrics,
@@ -77,3 +78,18 @@ def test_audit_summary_counts_one_users_completed_requests():
     assert s.requests == 2
     assert s.by_verb_resource == {"create jobs": 1, "patch creamruns/status": 1}
     assert s.by_code == {201: 1, 409: 1}
+
+
+def test_histogram_increase_sums_label_sets_and_leaves_out_watches():
+    def scrape(get_fast, list_slow, watch):
+        return parse_metrics("\n".join([
+            f'h_bucket{{verb="GET",le="0.1"}} {get_fast}',
+            f'h_bucket{{verb="GET",le="+Inf"}} {get_fast}',
+            'h_bucket{verb="LIST",le="0.1"} 0',
+            f'h_bucket{{verb="LIST",le="+Inf"}} {list_slow}',
+            'h_bucket{verb="WATCH",le="0.1"} 0',
+            f'h_bucket{{verb="WATCH",le="+Inf"}} {watch}',
+        ]))
+    inc = histogram_increase(scrape(5, 1, 1), scrape(8, 2, 9), "h", exclude_verbs=("WATCH",))
+    assert sorted((labels["le"], v) for _, labels, v in inc) == [("+Inf", 4), ("0.1", 3)]
+    assert histogram_quantile(inc, "h", 0.5) == pytest.approx(0.1 * 2 / 3)
