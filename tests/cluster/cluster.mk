@@ -1,6 +1,6 @@
 # The test cluster (tests/kubeharness): included by the top-level Makefile.
 #   make cluster-tools   build/fetch kube-apiserver, kube-controller-manager, kube-scheduler,
-#                        kubectl, etcd, helm, the S3 server, Kueue and Grafana (cached under
+#                        kubectl, etcd, helm, the S3 server, Kueue, Grafana and kwok (cached under
 #                        $${XDG_CACHE_HOME:-~/.cache}/cream-operator/bin), install prometheus
 #   make cluster-up      start a cluster in the background (state in $(CLUSTER_STATE)); prints
 #                        the kubeconfig path (CLUSTER_NODES=2 for two nodes)

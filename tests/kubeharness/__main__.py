@@ -1,8 +1,8 @@
 """python -m kubeharness tools | up | down | status | serve
 
 tools   build or fetch every binary (Kubernetes, etcd, kubectl, helm, the S3 server, Kueue,
-        Grafana) and install Prometheus (and a C compiler for Grafana's cgo, if none); cheap when
-        everything is cached. Needs only the standard library.
+        Grafana, kwok) and install Prometheus (and a C compiler for Grafana's cgo, if none); cheap
+        when everything is cached. Needs only the standard library.
 up      start a cluster (control plane, node agent, S3) in the background; print the kubeconfig.
 down    stop the cluster that `up` started in the same state directory.
 status  print the running cluster's connection details (state/cluster.json).
