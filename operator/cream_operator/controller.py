@@ -1,23 +1,26 @@
 """One reconcile of one CreamRun against the API server: observe, decide, act.
 
-The decision is reconcile.decide (pure); this module is the I/O around it. It reads fresh state
-from the API server rather than a cache, holds a lock per run so two events of the same run never
-act at once, and patches the status with the resourceVersion it read, so a stale decision is
-refused (409) instead of overwriting newer progress.
+The decision is reconcile.decide (pure); this module is the I/O around it. It reads the run and
+its Jobs, and a finished Job's Pod (its termination message carries the stage's metrics), from
+what the watches delivered (cache.WatchCache, fed by the kopf handlers), not from a GET and LISTs
+per event.
+One reconcile per run at a time, with the events of a burst folded into one more pass
+(coalesce.Coalescer). The status is patched with the resourceVersion the decision was made on, so
+a decision on a stale copy is refused (409) and made again on a fresh GET, never applied.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import defaultdict
 from datetime import UTC, datetime
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import jobs, observe
+from .cache import JOB_UID_LABEL, WatchCache
+from .coalesce import Coalescer
 from .config import OperatorConfig
 from .metrics import Metrics
 from .reconcile import Decision, decide
@@ -38,40 +41,81 @@ class Controller:
         self.custom = client.CustomObjectsApi(api)
         self.batch = client.BatchV1Api(api)
         self.core = client.CoreV1Api(api)
-        self._locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+        self.cache = WatchCache()
+        self._passes = Coalescer()
+
+    # -- what the watches deliver (the kopf handlers call these) ---------------------------------
+
+    def run_seen(self, run: dict) -> None:
+        self.cache.run_seen(run)
+
+    def job_seen(self, event: dict) -> None:
+        if event.get("type") == "DELETED":
+            self.cache.job_gone(event["object"])
+        else:
+            self.cache.job_seen(event["object"])
+
+    def pod_seen(self, event: dict) -> None:
+        if event.get("type") == "DELETED":
+            self.cache.pod_gone(event["object"])
+        else:
+            self.cache.pod_seen(event["object"])
 
     # -- observe ---------------------------------------------------------------------------------
 
     def _get_run(self, namespace: str, name: str) -> dict | None:
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
-                                                            name)
+            run = self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                           name)
         except ApiException as exc:
             if exc.status == 404:
                 return None
             raise
+        self.cache.run_fresh(run)
+        return run
 
-    def _observe_jobs(self, run: dict) -> list[observe.JobView]:
+    def _jobs_of(self, run: dict) -> list[dict]:
+        """The run's Jobs as the watch delivered them; listed afresh when the status names a
+        running step's Job that the cache does not hold (a restart, or a Job deleted by hand)."""
         meta = run["metadata"]
+        held = self.cache.jobs(meta["uid"])
+        names = {j["metadata"]["name"] for j in held}
+        running = {s.get("job") for s in (run.get("status") or {}).get("steps", [])
+                   if s.get("phase") == "Running"}
+        if running <= names:
+            return held
         listed = self.batch.list_namespaced_job(
             meta["namespace"], label_selector=f"{jobs.LABEL_RUN_UID}={meta['uid']}")
+        fresh = [self.api.sanitize_for_serialization(j) for j in listed.items]
+        self.cache.replace_jobs(meta["uid"], fresh)
+        return self.cache.jobs(meta["uid"])
+
+    def _observe_jobs(self, run: dict) -> tuple[list[observe.JobView], dict[str, str]]:
+        """The JobViews the decision needs, and each Job's uid by name (for deletes)."""
+        meta = run["metadata"]
         finished = {s["key"] for s in (run.get("status") or {}).get("steps", [])
                     if s.get("phase") in ("Succeeded", "Failed")}
-        views = []
-        for obj in listed.items:
-            job = self.api.sanitize_for_serialization(obj)
-            if job["metadata"].get("deletionTimestamp"):
+        views, uids = [], {}
+        for job in self._jobs_of(run):
+            job_meta = job["metadata"]
+            if job_meta.get("deletionTimestamp"):
                 continue  # a Job being deleted (a retried stage's) no longer counts
-            key = (job["metadata"].get("annotations") or {}).get(jobs.ANNOTATION_STEP)
-            pods: list[dict] = []
-            if key not in finished and observe.needs_pods(job):
-                # By the Job's uid: a retried stage's new Job has the old one's name.
+            uids[job_meta["name"]] = job_meta["uid"]
+            key = (job_meta.get("annotations") or {}).get(jobs.ANNOTATION_STEP)
+            if key in finished or not observe.needs_pods(job):
+                views.append(observe.job_view(job, []))
+                continue
+            pods = self.cache.pods(job_meta["uid"])
+            if not observe.has_ended_pod(job, pods):
+                # The Pod watch has not delivered the Pod's end yet: list them. By the Job's uid:
+                # a retried stage's new Job has the old one's name.
                 pod_list = self.core.list_namespaced_pod(
-                    meta["namespace"],
-                    label_selector=f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
-                pods = [self.api.sanitize_for_serialization(p) for p in pod_list.items]
+                    meta["namespace"], label_selector=f"{JOB_UID_LABEL}={job_meta['uid']}")
+                listed = [self.api.sanitize_for_serialization(p) for p in pod_list.items]
+                self.cache.replace_pods(job_meta["uid"], listed)
+                pods = self.cache.pods(job_meta["uid"])
             views.append(observe.job_view(job, pods))
-        return views
+        return views, uids
 
     # -- act -------------------------------------------------------------------------------------
 
@@ -83,7 +127,14 @@ class Controller:
             if service is not None:
                 self._ignore_conflict(lambda s=service: self.core.create_namespaced_service(ns, s))
             # A handler that died after creating the Job runs again: AlreadyExists is success.
-            self._ignore_conflict(lambda m=manifest: self.batch.create_namespaced_job(ns, m))
+            try:
+                created = self.batch.create_namespaced_job(ns, manifest)
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                continue
+            # The next event of this run must see the Job, whether or not its watch event came.
+            self.cache.job_seen(self.api.sanitize_for_serialization(created))
 
     @staticmethod
     def _ignore_conflict(call) -> None:
@@ -93,14 +144,21 @@ class Controller:
             if exc.status != 409:
                 raise
 
-    def _delete(self, run: dict, decision: Decision) -> None:
+    def _delete(self, run: dict, decision: Decision, uids: dict[str, str]) -> None:
         for name in decision.delete:
+            # Only the Job the decision saw: a retried stage's new Job has the same name.
+            options = client.V1DeleteOptions(
+                propagation_policy="Background",
+                preconditions=client.V1Preconditions(uid=uids[name]) if name in uids else None)
             try:
-                self.batch.delete_namespaced_job(
-                    name, run["metadata"]["namespace"], propagation_policy="Background")
+                self.batch.delete_namespaced_job(name, run["metadata"]["namespace"], body=options)
             except ApiException as exc:
-                if exc.status != 404:
+                if exc.status not in (404, 409):
                     raise
+            # Gone for the next decision too, before its DELETED event comes.
+            self.cache.job_gone({"metadata": {
+                "name": name, "uid": uids.get(name),
+                "labels": {jobs.LABEL_RUN_UID: run["metadata"]["uid"]}}}, deleted_by_us=True)
 
     def _event(self, run: dict, type_: str, reason: str, message: str) -> None:
         meta = run["metadata"]
@@ -134,41 +192,60 @@ class Controller:
             ]
         body = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
         try:
-            self.custom.patch_namespaced_custom_object_status(
+            patched = self.custom.patch_namespaced_custom_object_status(
                 GROUP, VERSION, meta["namespace"], PLURAL, meta["name"], body)
         except ApiException as exc:
             if exc.status == 409:  # someone else moved the run on: decide again on fresh state
+                self.cache.run_stale(meta["namespace"], meta["name"])
                 return False
             raise
+        self.cache.run_fresh(patched)
         return True
 
     # -- the loop body ---------------------------------------------------------------------------
 
-    def reconcile(self, namespace: str, name: str, attempts: int = 3) -> Decision | None:
-        with self._locks[(namespace, name)]:
-            started = time.monotonic()
-            try:
-                for _ in range(attempts):
+    def reconcile(self, namespace: str, name: str) -> Decision | None:
+        """Reconcile a run now, or, when a reconcile of it is in progress, have that one make one
+        more pass (then None is returned here)."""
+        key = (namespace, name)
+        if not self._passes.enter(key):
+            return None
+        try:
+            while True:
+                decision = self._reconcile_once(namespace, name)
+                if not self._passes.done(key):
+                    return decision
+        except BaseException:
+            self._passes.abandon(key)
+            raise
+
+    def _reconcile_once(self, namespace: str, name: str, attempts: int = 3) -> Decision | None:
+        started = time.monotonic()
+        try:
+            for attempt in range(attempts):
+                # The watch's copy first; after a 409, a fresh GET.
+                run = self.cache.run(namespace, name) if attempt == 0 else None
+                if run is None:
                     run = self._get_run(namespace, name)
-                    if run is None or run["metadata"].get("deletionTimestamp"):
-                        return None
-                    decision = decide(run, self._observe_jobs(run), now_rfc3339(), self.config)
-                    self._delete(run, decision)
-                    self._create(run, decision)
-                    if self._patch_status(run, decision):
-                        for event in decision.events:
-                            self._event(run, event.type, event.reason, event.message)
-                        for stage, seconds in decision.finished:
-                            self.metrics.stage_finished(stage, seconds)
-                        for stage in decision.failed:
-                            self.metrics.stage_failed(stage)
-                        self.metrics.observe_run(namespace, name, decision.status)
-                        return decision
-                log.info("status of %s/%s kept changing; the next event retries", namespace,
-                         name)
-                return None
-            finally:
-                self.metrics.reconcile.observe(time.monotonic() - started)
+                if run is None or run["metadata"].get("deletionTimestamp"):
+                    return None
+                views, uids = self._observe_jobs(run)
+                decision = decide(run, views, now_rfc3339(), self.config)
+                self._delete(run, decision, uids)
+                self._create(run, decision)
+                if self._patch_status(run, decision):
+                    for event in decision.events:
+                        self._event(run, event.type, event.reason, event.message)
+                    for stage, seconds in decision.finished:
+                        self.metrics.stage_finished(stage, seconds)
+                    for stage in decision.failed:
+                        self.metrics.stage_failed(stage)
+                    self.metrics.observe_run(namespace, name, decision.status)
+                    return decision
+            log.info("status of %s/%s kept changing; the next event retries", namespace, name)
+            return None
+        finally:
+            self.metrics.reconcile.observe(time.monotonic() - started)
 
     def cleanup(self, namespace: str, name: str) -> str:
         """Delete a deleted run's artifacts through a Job; 'done', 'failed: ...' or 'running'."""
@@ -194,4 +271,4 @@ class Controller:
 
     def forget(self, namespace: str, name: str) -> None:
         self.metrics.forget_run(namespace, name)
-        self._locks.pop((namespace, name), None)
+        self.cache.run_gone(namespace, name)

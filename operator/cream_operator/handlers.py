@@ -1,5 +1,7 @@
 """kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow timer, lead to
-one reconcile of that run (level-triggered: the decision looks at the whole state each time).
+a reconcile of that run (level-triggered: the decision looks at the whole state each time; events
+that come while it runs fold into one more pass). Each event first updates the controller's copy
+of what the watches delivered; stage Pods' events only do that (their termination messages).
 
 The Controller arrives in kopf's memo (startup.run_operator puts it there), as kopf documents for
 shared objects.
@@ -39,14 +41,22 @@ def run_event(event: dict, namespace: str, name: str, memo: kopf.Memo, **_) -> N
     if event.get("type") == "DELETED":
         _controller(memo).forget(namespace, name)  # its Jobs go through their ownerReferences
         return
+    _controller(memo).run_seen(event["object"])  # the controller reads the watch's copy
     _controller(memo).reconcile(namespace, name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
-def job_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
+def job_event(event: dict, namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
+    _controller(memo).job_seen(event)
     run = labels.get(jobs.LABEL_RUN)
     if run:
         _controller(memo).reconcile(namespace, run)
+
+
+@kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": jobs.MANAGED_BY})
+def pod_event(event: dict, memo: kopf.Memo, **_) -> None:
+    """Stage Pods' ends, for the termination messages; their Jobs' events drive the reconcile."""
+    _controller(memo).pod_seen(event)
 
 
 def _deletes_artifacts(spec, **_) -> bool:
@@ -66,5 +76,6 @@ def delete_artifacts(body, namespace: str, name: str, memo: kopf.Memo, **_) -> N
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
 def resync(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
-    """A safety net for a missed watch event; cheap, one GET and one LIST."""
+    """A safety net: a reconcile that failed (an API error) is tried again. It reads what the
+    watches delivered, so an idle run costs no API call."""
     _controller(memo).reconcile(namespace, name)

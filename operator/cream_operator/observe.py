@@ -61,6 +61,12 @@ def needs_pods(job: dict) -> bool:
     return job_state(job) in ("succeeded", "failed")
 
 
+def has_ended_pod(job: dict, pods: list[dict]) -> bool:
+    """Whether pods hold what job_view reads of a finished Job: a Pod that ended as the Job did."""
+    phase = {"succeeded": "Succeeded", "failed": "Failed"}.get(job_state(job))
+    return phase is None or _newest(pods, phase) is not None
+
+
 def job_view(job: dict, pods: list[dict]) -> JobView:
     meta = job["metadata"]
     status = job.get("status") or {}

@@ -22,7 +22,8 @@ def _each(group: str, resource: str, verbs: dict[str, str]) -> list[Permission]:
 # In every namespace whose CreamRuns the operator handles.
 IN_RUN_NAMESPACES: list[Permission] = [
     *_each("cream.dev", "creamruns", {
-        "get": "controller.Controller._get_run: get_namespaced_custom_object, fresh each reconcile",
+        "get": "controller.Controller._get_run: get_namespaced_custom_object (after a 409, and "
+               "for the cleanup of a deleted run)",
         "list": "kopf's watch behind handlers.run_event and handlers.resync (a list, then a watch)",
         "watch": "kopf's watch behind handlers.run_event and handlers.resync",
         "patch": "kopf: the finalizer of its timer handlers.resync and of "
@@ -35,14 +36,16 @@ IN_RUN_NAMESPACES: list[Permission] = [
     *_each("batch", "jobs", {
         "get": "controller.Controller.cleanup: read_namespaced_job (the cleanup Job of a deleted "
                "run with cleanupPolicy Delete, handlers.delete_artifacts)",
-        "list": "controller.Controller._observe_jobs: list_namespaced_job; kopf's watch behind "
-                "handlers.job_event",
+        "list": "controller.Controller._jobs_of: list_namespaced_job (a running step's Job the "
+                "watch cache lacks); kopf's watch behind handlers.job_event",
         "watch": "kopf's watch behind handlers.job_event",
         "create": "controller.Controller._create and .cleanup: create_namespaced_job",
         "delete": "controller.Controller._delete: delete_namespaced_job (a retried stage)",
     }),
     *_each("", "pods", {
-        "list": "controller.Controller._observe_jobs: list_namespaced_pod (termination messages)",
+        "list": "controller.Controller._observe_jobs: list_namespaced_pod (a finished Job whose "
+                "Pod's end the watch has not delivered); kopf's watch behind handlers.pod_event",
+        "watch": "kopf's watch behind handlers.pod_event (termination messages)",
     }),
     *_each("", "services", {
         "create": "controller.Controller._create: create_namespaced_service (jobs.headless_service "
