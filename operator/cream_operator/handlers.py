@@ -20,6 +20,11 @@ from .spec import GROUP, PLURAL, VERSION
 log = logging.getLogger(__name__)
 
 RESYNC_SECONDS = 60.0
+# Threads for the sync handlers. A reconcile spends nearly all its time waiting on the API server,
+# so threads are how many API calls are in flight: with 8, a thousand runs queued for tens of
+# seconds behind a loaded API server (bench/RESULTS.md). The client's connection pool matches it
+# (main.kube_client).
+WORKERS = 32
 
 
 def _controller(memo: kopf.Memo) -> Controller:
@@ -33,7 +38,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = 8
+    settings.execution.max_workers = WORKERS
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

@@ -16,11 +16,15 @@ from .metrics import Metrics
 
 
 def kube_client() -> client.ApiClient:
+    cfg = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=cfg)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=cfg)
+    # One connection per handler thread: a smaller pool opens and drops a TLS connection for
+    # every call beyond it.
+    cfg.connection_pool_maxsize = handlers.WORKERS
+    return client.ApiClient(cfg)
 
 
 def run_operator(args) -> int:
