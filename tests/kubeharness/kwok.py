@@ -68,6 +68,10 @@ class Kwok:
     gpus_per_node: int = 8
     prefix: str = "kwok-node"
     stages: list[dict] = field(default_factory=list)
+    # kwok renews each node's Lease every quarter of this, as a kubelet does: 128 nodes at 40 s
+    # are 13 writes a second. A longer lease needs the controller manager's
+    # --node-monitor-grace-period above it, or the nodes turn NotReady.
+    lease_seconds: int = 40
     tie_to_parent: bool = True
     service: Service | None = None
     metrics_port: int = 0
@@ -100,7 +104,7 @@ class Kwok:
         self.service = Service("kwok", [
             str(binaries.find("kwok")), f"--kubeconfig={self.kubeconfig}", f"--config={conf}",
             f"--manage-nodes-with-label-selector={NODE_LABEL[0]}={NODE_LABEL[1]}",
-            "--node-lease-duration-seconds=40",
+            f"--node-lease-duration-seconds={self.lease_seconds}",
             # Pod IPs come from this pool; completed Pods keep theirs, so make it large.
             "--cidr=10.64.0.0/14",
             f"--server-address=127.0.0.1:{self.metrics_port}",
