@@ -23,7 +23,7 @@ RESYNC_SECONDS = 60.0
 # Threads for the sync handlers. A reconcile spends nearly all its time waiting on the API server,
 # so threads are how many API calls are in flight: with 8, a thousand runs queued for tens of
 # seconds behind a loaded API server (bench/RESULTS.md). The client's connection pool matches it
-# (main.kube_client).
+# (startup.kube_client).
 WORKERS = 32
 
 
