@@ -21,7 +21,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .jobs import ANNOTATION_STEP, LABEL_RUN_UID
+from .jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN_UID
 
 RunKey = tuple[str, str]  # (namespace, name)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its Pods
@@ -36,7 +36,10 @@ def job_projection(job: dict) -> dict:
     return {
         "metadata": {
             "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
-            "labels": {LABEL_RUN_UID: (meta.get("labels") or {}).get(LABEL_RUN_UID)},
+            # the run it belongs to, and the Kueue LocalQueue it waits in (a suspended queued Job
+            # is waiting for admission; its startTime is when it was admitted)
+            "labels": {k: v for k, v in (meta.get("labels") or {}).items()
+                       if k in (LABEL_RUN_UID, KUEUE_QUEUE)},
             "annotations": {ANNOTATION_STEP: (meta.get("annotations") or {}).get(ANNOTATION_STEP)},
             **({"deletionTimestamp": meta["deletionTimestamp"]}
                if meta.get("deletionTimestamp") else {}),
@@ -129,7 +132,7 @@ class WatchCache:
         """A watch event of a Job, or the response of creating one."""
         view = job_projection(job)
         meta = view["metadata"]
-        run_uid = meta["labels"][LABEL_RUN_UID]
+        run_uid = meta["labels"].get(LABEL_RUN_UID)
         if not run_uid:
             return
         with self._lock:

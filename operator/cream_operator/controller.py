@@ -76,12 +76,14 @@ class Controller:
 
     def _jobs_of(self, run: dict) -> list[dict]:
         """The run's Jobs as the watch delivered them; listed afresh when the status names a
-        running step's Job that the cache does not hold (a restart, or a Job deleted by hand)."""
+        running or pending step's Job that the cache does not hold (a restart, or a Job deleted
+        by hand)."""
         meta = run["metadata"]
         held = self.cache.jobs(meta["uid"])
         names = {j["metadata"]["name"] for j in held}
+        # Pending: a Job created suspended, waiting for Kueue's admission, exists too
         running = {s.get("job") for s in (run.get("status") or {}).get("steps", [])
-                   if s.get("phase") == "Running"}
+                   if s.get("phase") in ("Running", "Pending")}
         if running <= names:
             return held
         listed = self.batch.list_namespaced_job(

@@ -4,7 +4,7 @@ reconcile reads, and the Jobs it sees."""
 import json
 
 from cream_operator.cache import JOB_UID_LABEL, WatchCache, job_projection
-from cream_operator.jobs import ANNOTATION_STEP, LABEL_RUN_UID
+from cream_operator.jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN_UID
 from cream_operator.observe import has_ended_pod, job_view
 
 
@@ -84,6 +84,26 @@ def test_jobs_by_run_keep_what_the_decision_reads():
     # The projection tells the decision the same as the whole Job.
     assert job_view(held["b"], []) == job_view(_job("b", "u-b", complete=True), [])
     assert job_projection(_job("a", "u-a"))["metadata"]["uid"] == "u-a"
+
+
+def test_a_queued_jobs_projection_tells_waiting_and_admission_as_the_whole_job():
+    # Created suspended in a Kueue LocalQueue: the decision must see "suspended" and the queue.
+    waiting = _job("q", "u-q")
+    waiting["metadata"]["labels"][KUEUE_QUEUE] = "gpu-queue"
+    waiting["spec"]["suspend"] = True
+    waiting["status"] = {}
+    # Admitted: Kueue resumed it and the Job controller set its startTime.
+    admitted = json.loads(json.dumps(waiting))
+    admitted["spec"]["suspend"] = False
+    admitted["status"] = {"startTime": "2026-11-23T10:05:00Z", "active": 1}
+    for job in (waiting, admitted):
+        cache = WatchCache()
+        cache.job_seen(job)
+        [held] = cache.jobs("run-1")
+        assert job_view(held, []) == job_view(job, [])
+    assert job_view(job_projection(waiting), []).state == "suspended"
+    assert job_view(job_projection(waiting), []).queue == "gpu-queue"
+    assert job_view(job_projection(admitted), []).start_time == "2026-11-23T10:05:00Z"
 
 
 def test_a_deleted_job_goes_but_not_its_successor_of_the_same_name():
