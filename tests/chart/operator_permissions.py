@@ -36,8 +36,8 @@ IN_RUN_NAMESPACES: list[Permission] = [
     *_each("batch", "jobs", {
         "get": "controller.Controller.cleanup: read_namespaced_job (the cleanup Job of a deleted "
                "run with cleanupPolicy Delete, handlers.delete_artifacts)",
-        "list": "controller.Controller._jobs_of: list_namespaced_job (a running step's Job the "
-                "watch cache lacks); kopf's watch behind handlers.job_event",
+        "list": "controller.Controller._jobs_of: list_namespaced_job (a running or pending step's "
+                "Job the watch cache lacks); kopf's watch behind handlers.job_event",
         "watch": "kopf's watch behind handlers.job_event",
         "create": "controller.Controller._create and .cleanup: create_namespaced_job",
         "delete": "controller.Controller._delete: delete_namespaced_job (a retried stage)",
