@@ -8,8 +8,9 @@ stdout (what bench/RESULTS.md records) and `<root>/report.json`.
 
 Steps that do not depend on the strategy (the SFT, the baseline evaluation, iteration 1's sample
 and scores) are identical requests in the three runs, so they run once, in the first strategy's
-run, and are copied into the others before they start (their manifests say where they ran); every
-later step runs in each strategy's own run. A run that was interrupted resumes where it stopped
+run, and are copied into the others, which start as soon as those exist and then run side by side
+with the first (their manifests say where each step ran); every later step runs in each
+strategy's own run. A run that was interrupted resumes where it stopped
 (run the same command again).
 
     .venv/bin/python bench/bench_smollm2.py [--eval-items 400] [--prompts 24] \
@@ -163,26 +164,43 @@ def main() -> int:
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "machine": machine(),
               "load_start": os.getloadavg(), "args": vars(args),
               "command": " ".join(sys.argv), "runs": {}}
-    first = None
-    for strategy in args.strategies:
+    runs = {}  # strategy -> (process, run_dir, copied, started)
+
+    def launch(strategy: str, copied: list[str]) -> None:
         run_dir = root / strategy
         spec_path = root / f"smollm2-{strategy}.yaml"
         spec_path.write_text(yaml.safe_dump(spec_for(base, strategy, args), sort_keys=False))
-        copied = copy_shared(first, run_dir) if first is not None else []
         print(f"== {strategy}: cream run {spec_path} --out {run_dir}"
-              + (f" (copied from {first.name}: {', '.join(copied)})" if copied else ""),
-              file=sys.stderr, flush=True)
-        started = time.monotonic()
-        proc = subprocess.run([cream, "run", str(spec_path), "--out", str(run_dir)], env=env,
-                              check=False)
-        if proc.returncode != 0:
+              + (f" (copied: {', '.join(copied)})" if copied else ""), file=sys.stderr, flush=True)
+        proc = subprocess.Popen([cream, "run", str(spec_path), "--out", str(run_dir)], env=env)
+        runs[strategy] = (proc, run_dir, copied, time.monotonic())
+
+    # The first strategy's run makes the shared steps; the others start as soon as those exist
+    # (so they run side by side, one torch thread each, on a machine with more than one core).
+    first, *rest = args.strategies
+    launch(first, [])
+    first_dir = root / first
+    while rest and not all((first_dir / rel / "manifest.json").is_file() for rel in SHARED):
+        if runs[first][0].poll() is not None:
+            print(f"cream run failed for {first} before the shared steps were done "
+                  f"(exit {runs[first][0].returncode})", file=sys.stderr)
+            return runs[first][0].returncode or 1
+        time.sleep(10)
+    for strategy in rest:
+        (root / strategy).mkdir(parents=True, exist_ok=True)
+        launch(strategy, copy_shared(first_dir, root / strategy))
+    failed = 0
+    for strategy, (proc, run_dir, copied, started) in runs.items():
+        if proc.wait() != 0:
             print(f"cream run failed for {strategy} (exit {proc.returncode})", file=sys.stderr)
-            return proc.returncode
+            failed = failed or proc.returncode
+            continue
         report["runs"][strategy] = {**collect(run_dir), "copied": copied,
                                     "wall_s": time.monotonic() - started,
                                     "load_after": os.getloadavg()}
-        first = first or run_dir
         (root / "report.json").write_text(json.dumps(report, indent=2))
+    if failed:
+        return failed
     print(markdown(report))
     return 0
 
