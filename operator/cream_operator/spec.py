@@ -7,13 +7,14 @@ names are camelCase on the wire (Kubernetes convention) and snake_case in Python
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -51,6 +52,20 @@ class _Model(BaseModel):
         alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
         strict=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data):
+        """2.0 is the integer 2, as the API server takes it (and may store it); 2.5 stays
+        refused."""
+        if not isinstance(data, dict):
+            return data
+        ints = set()
+        for name, info in cls.model_fields.items():
+            if info.annotation is int or set(get_args(info.annotation)) == {int, type(None)}:
+                ints |= {name, info.alias}
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
+                for k, v in data.items()}
 
 
 class ModelSpec(_Model):
@@ -110,15 +125,22 @@ class EvalTaskSpec(_Model):
     }, *({
         "rule": f"!self.uri.matches('^gen://{kind}([/?]|$)') || self.format == '{fmt}'",
         "message": _generated_format_message(kind, fmt),
+        "fieldPath": ".format",
     } for kind, fmt in GENERATED_FORMATS.items())]})
+
+    @field_validator("format")
+    @classmethod
+    def _generated_format(cls, fmt: str, info: ValidationInfo) -> str:
+        uri = info.data.get("uri") or ""
+        for kind, want in GENERATED_FORMATS.items():
+            if re.match(f"^gen://{kind}([/?]|$)", uri) and fmt != want:
+                raise ValueError(_generated_format_message(kind, want))
+        return fmt
 
     @model_validator(mode="after")
     def _lm_eval_fields(self):
         if self.format != "lm_eval" and (self.metric is not None or self.fewshot is not None):
             raise ValueError("metric and fewshot apply to format lm_eval only")
-        for kind, fmt in GENERATED_FORMATS.items():
-            if re.match(f"^gen://{kind}([/?]|$)", self.uri) and self.format != fmt:
-                raise ValueError(_generated_format_message(kind, fmt))
         return self
 
 
@@ -480,7 +502,8 @@ class CreamRun(_Model):
     """The whole object, as `cream validate` reads it from a file."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True,
+        strict=True,
     )
 
     api_version: Literal["cream.dev/v1alpha1"]
