@@ -145,7 +145,8 @@ def rejected(decision: Decision, refusals: list[tuple[str, str]], now: str,
         events.append(Event("Warning", "JobRejected", f"{key}: {message}"))
     first_key, _ = refusals[0]
     first = next(s for s in steps if s.key == first_key)
-    status = _finish(decision.status, generation, now, "Failed", "JobRejected",
+    # StageFailed, as every later decision on this status says (the event says JobRejected).
+    status = _finish(decision.status, generation, now, "Failed", "StageFailed",
                      f"stage {first.key} failed: {first.message}", steps=steps,
                      completion_time=now)
     return Decision(status=status, delete=decision.delete, events=events,

@@ -326,7 +326,8 @@ def test_a_job_the_api_server_refuses_fails_its_step_and_the_run_until_the_spec_
                        NOW, 1)
     assert refused.status.phase == "Failed"
     failed = {c.type: c for c in refused.status.conditions}["Failed"]
-    assert failed.status == "True" and failed.reason == "JobRejected"
+    assert failed.status == "True" and failed.reason == "StageFailed"
+    assert "refused its Job" in failed.message
     assert "nodeSelector" in failed.message and "spec.scheduling" in failed.message
     assert [e.reason for e in refused.events][-1] == "JobRejected"
     assert refused.failed == ["sft"]
