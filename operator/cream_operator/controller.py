@@ -11,6 +11,7 @@ a decision on a stale copy is refused (409) and made again on a fresh GET, never
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import UTC, datetime
@@ -23,7 +24,7 @@ from .cache import JOB_UID_LABEL, WatchCache
 from .coalesce import Coalescer
 from .config import OperatorConfig
 from .metrics import Metrics
-from .reconcile import Decision, decide
+from .reconcile import Decision, decide, rejected
 from .spec import GROUP, KIND, PLURAL, VERSION, CreamRunSpec, CreamRunStatus
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,14 @@ log = logging.getLogger(__name__)
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _api_message(exc: ApiException) -> str:
+    """The API server's own words on a refused request (its Status message), else the reason."""
+    try:
+        return json.loads(exc.body)["message"]
+    except (TypeError, ValueError, KeyError):
+        return f"{exc.status} {exc.reason}"
 
 
 class Controller:
@@ -121,22 +130,30 @@ class Controller:
 
     # -- act -------------------------------------------------------------------------------------
 
-    def _create(self, run: dict, decision: Decision) -> None:
+    def _create(self, run: dict, decision: Decision) -> list[tuple[str, str]]:
+        """Create the decision's Jobs; (step key, why) of each the API server refused as
+        invalid (the spec it was made from is wrong: asking again cannot help)."""
         ns = run["metadata"]["namespace"]
+        refused = []
         for step in decision.create:
             manifest = jobs.job_manifest(run, decision.spec, step, self.config)
             service = jobs.headless_service(run, step, manifest)
-            if service is not None:
-                self._ignore_conflict(lambda s=service: self.core.create_namespaced_service(ns, s))
             # A handler that died after creating the Job runs again: AlreadyExists is success.
             try:
+                if service is not None:
+                    self._ignore_conflict(
+                        lambda s=service: self.core.create_namespaced_service(ns, s))
                 created = self.batch.create_namespaced_job(ns, manifest)
             except ApiException as exc:
+                if exc.status in (400, 422):
+                    refused.append((step.key, _api_message(exc)))
+                    continue
                 if exc.status != 409:
                     raise
                 continue
             # The next event of this run must see the Job, whether or not its watch event came.
             self.cache.job_seen(self.api.sanitize_for_serialization(created))
+        return refused
 
     @staticmethod
     def _ignore_conflict(call) -> None:
@@ -234,7 +251,10 @@ class Controller:
                 views, uids = self._observe_jobs(run)
                 decision = decide(run, views, now_rfc3339(), self.config)
                 self._delete(run, decision, uids)
-                self._create(run, decision)
+                refused = self._create(run, decision)
+                if refused:
+                    decision = rejected(decision, refused, now_rfc3339(),
+                                        run["metadata"].get("generation"))
                 if self._patch_status(run, decision):
                     for event in decision.events:
                         self._event(run, event.type, event.reason, event.message)

@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cream_operator import shapes
 from cream_operator import spec as s
 
 # Cross-field rules the API server enforces with CEL, mirroring CreamRunSpec._cross_field.
@@ -48,7 +49,8 @@ _KEEP = {
     "type", "description", "default", "enum", "minimum", "maximum", "pattern", "minLength",
     "maxLength", "minItems", "maxItems", "items", "properties", "required",
     "additionalProperties", "format",
-    "x-kubernetes-validations",  # CEL rules a model declares in its json_schema_extra
+    # What a model or field declares in its json_schema_extra: CEL rules, list-map keys.
+    "x-kubernetes-validations", "x-kubernetes-list-type", "x-kubernetes-list-map-keys",
 }
 
 
@@ -157,7 +159,11 @@ def crd() -> dict:
                             "properties": {
                                 "apiVersion": {"type": "string"},
                                 "kind": {"type": "string"},
-                                "metadata": {"type": "object"},
+                                # The only part of metadata a CRD may restrict: the name, which
+                                # names the run's Jobs, Services and labels (shapes.NAME_MAX).
+                                "metadata": {"type": "object", "properties": {"name": {
+                                    "type": "string", "maxLength": shapes.NAME_MAX,
+                                    "pattern": shapes.NAME}}},
                                 "spec": spec_schema,
                                 "status": status_schema,
                             },

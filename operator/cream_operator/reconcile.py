@@ -129,6 +129,32 @@ def _in_flight(steps) -> tuple[str, str, str]:
     return "Running", "StagesRunning", "running "
 
 
+def rejected(decision: Decision, refusals: list[tuple[str, str]], now: str,
+             generation: int | None) -> Decision:
+    """The decision after the API server refused to create some of its steps' Jobs (or
+    Services): those steps fail, and so does the run, until a spec change retries them. The same
+    request would be refused at every reconcile."""
+    steps = list(decision.status.steps)
+    events = list(decision.events)
+    for key, why in refusals:
+        message = (f"the API server refused its Job: {why}; fix the spec field it comes from "
+                   "(spec.scheduling or spec.resources, most often)")
+        steps = [s.model_copy(update={"phase": "Failed", "message": message,
+                                      "completion_time": now}) if s.key == key else s
+                 for s in steps]
+        events.append(Event("Warning", "JobRejected", f"{key}: {message}"))
+    first_key, _ = refusals[0]
+    first = next(s for s in steps if s.key == first_key)
+    # StageFailed, as every later decision on this status says (the event says JobRejected).
+    status = _finish(decision.status, generation, now, "Failed", "StageFailed",
+                     f"stage {first.key} failed: {first.message}", steps=steps,
+                     completion_time=now)
+    return Decision(status=status, delete=decision.delete, events=events,
+                    finished=decision.finished,
+                    failed=[*decision.failed, *(s.stage for s in steps if s.key in dict(refusals))],
+                    spec=decision.spec, root=decision.root)
+
+
 def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> Decision:
     meta = run["metadata"]
     generation = meta.get("generation")
@@ -137,8 +163,12 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
     try:
         spec = CreamRunSpec.model_validate(run.get("spec") or {})
     except ValidationError as exc:
-        message = "invalid spec: " + "; ".join(problems_of(exc))
-        return Decision(_finish(prev, generation, now, "Failed", "InvalidSpec", message))
+        # The API server checks what it can (crd.py); the rest ends here, with the field named.
+        message = "invalid spec: " + "; ".join(problems_of(exc, root=("spec",)))
+        decision = Decision(_finish(prev, generation, now, "Failed", "InvalidSpec", message))
+        if prev.message != message or prev.observed_generation != generation:
+            decision.events.append(Event("Warning", "InvalidSpec", message))
+        return decision
     root = artifact_root(meta, spec, config)
     if root is None:
         message = ("spec.storage.uri is empty and the operator has no default: set "

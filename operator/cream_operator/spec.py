@@ -7,13 +7,14 @@ names are camelCase on the wire (Kubernetes convention) and snake_case in Python
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -27,6 +28,9 @@ from cream_stages.contract import (
     TaskFormat,
     TrainBackend,
 )
+from cream_stages.generated_tasks import FORMATS as GENERATED_FORMATS
+
+from .shapes import NAME, NAME_MAX, NAME_MESSAGE, DataUri, ModelUri, StorageUri, TaskUri
 
 GROUP = "cream.dev"
 VERSION = "v1alpha1"
@@ -35,27 +39,44 @@ PLURAL = "creamruns"
 SINGULAR = "creamrun"
 SHORT_NAMES = ["cream"]
 
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 QUANTITY = r"^([0-9]+(\.[0-9]+)?)(m|k|Ki|Mi|Gi|Ti|Pi|M|G|T|P)?$"
 LM_EVAL_METRIC = r"^[A-Za-z0-9_]+(,[A-Za-z0-9_-]+)?$"
+# Bounds on lists keep the API server's CEL cost estimate of their items' rules bounded.
+MAX_PROMPT_SETS = 20  # one per iteration at most: iterations <= 20
+MAX_TASKS = 64
 
 
 class _Model(BaseModel):
+    # strict: the API server takes no "2" for an integer nor "true" for a boolean; neither do we.
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True,
+        strict=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _integral_floats(cls, data):
+        """2.0 is the integer 2, as the API server takes it (and may store it); 2.5 stays
+        refused."""
+        if not isinstance(data, dict):
+            return data
+        ints = set()
+        for name, info in cls.model_fields.items():
+            if info.annotation is int or set(get_args(info.annotation)) == {int, type(None)}:
+                ints |= {name, info.alias}
+        return {k: int(v) if k in ints and isinstance(v, float) and v.is_integer() else v
+                for k, v in data.items()}
 
 
 class ModelSpec(_Model):
     """Where the models come from: M0, and optionally an already fine-tuned M1."""
 
-    base: str = Field(
-        min_length=1,
+    base: ModelUri = Field(
         description="M0, the base model: hf://org/name, s3://bucket/prefix (a checkpoint "
         "directory), a local directory, or builtin://tiny-llama (a tiny random model for smoke "
         "tests)",
     )
-    sft: str | None = Field(
+    sft: ModelUri | None = Field(
         default=None,
         description="An already fine-tuned M1 (same URI forms as base); when set the sft stage "
         "is skipped and data.sft is not needed",
@@ -72,13 +93,18 @@ class ModelSpec(_Model):
     )
 
 
+def _generated_format_message(kind: str, fmt: str) -> str:
+    return f"gen://{kind} items are evaluated with format {fmt}"
+
+
 class EvalTaskSpec(_Model):
     """One evaluation set: greedy answers, the answer extracted, accuracy reported per task."""
 
     name: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=40)] = Field(
         description="The task's name in results and metrics: lowercase letters, digits and '_'")
-    uri: str = Field(min_length=1, description="The items: s3://..., a local file, or "
-                     "builtin://data/<file>; JSON or JSONL")
+    uri: TaskUri = Field(description="The items: s3://<bucket>/<key>, a local file, "
+                         "builtin://data/<file> or gen://<kind>?...; JSON or JSONL (for lm_eval: "
+                         "lm-eval://<task> or a task YAML)")
     format: TaskFormat = Field(
         description="multiple_choice (ARC, OpenBookQA, SIQA shapes: each item's own labels), "
         "gsm8k (question, answer ending '#### <number>'), or lm_eval (run by EleutherAI's "
@@ -96,7 +122,20 @@ class EvalTaskSpec(_Model):
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
         "rule": "self.format == 'lm_eval' || (!has(self.metric) && !has(self.fewshot))",
         "message": "metric and fewshot apply to format lm_eval only",
-    }]})
+    }, *({
+        "rule": f"!self.uri.matches('^gen://{kind}([/?]|$)') || self.format == '{fmt}'",
+        "message": _generated_format_message(kind, fmt),
+        "fieldPath": ".format",
+    } for kind, fmt in GENERATED_FORMATS.items())]})
+
+    @field_validator("format")
+    @classmethod
+    def _generated_format(cls, fmt: str, info: ValidationInfo) -> str:
+        uri = info.data.get("uri") or ""
+        for kind, want in GENERATED_FORMATS.items():
+            if re.match(f"^gen://{kind}([/?]|$)", uri) and fmt != want:
+                raise ValueError(_generated_format_message(kind, want))
+        return fmt
 
     @model_validator(mode="after")
     def _lm_eval_fields(self):
@@ -108,13 +147,13 @@ class EvalTaskSpec(_Model):
 class DataSpec(_Model):
     """The data a run reads: SFT examples and the prompts each iteration samples from."""
 
-    sft: str | None = Field(
+    sft: DataUri | None = Field(
         default=None,
         description="SFT chat data (JSON/JSONL: messages, instruction/output or prompt/response "
         "records); required unless model.sft is set",
     )
-    prompts: list[str] = Field(
-        min_length=1,
+    prompts: list[DataUri] = Field(
+        min_length=1, max_length=MAX_PROMPT_SETS,
         description="Prompt set per iteration (t = 1..T), each a URI of a JSON/JSONL file keyed "
         "by id; a single set is reused every iteration",
     )
@@ -205,8 +244,12 @@ class DpoSpec(TrainSpec):
 class EvaluationSpec(_Model):
     """Step 5: accuracy of each new model (and of M1, the baseline) on the tasks."""
 
-    tasks: list[EvalTaskSpec] = Field(default_factory=list,
-                                      description="Evaluation sets; none skips evaluation")
+    # A list-map keyed by name: the API server refuses a repeated task name as we do.
+    tasks: list[EvalTaskSpec] = Field(
+        default_factory=list, max_length=MAX_TASKS,
+        description="Evaluation sets, each name once; none skips evaluation",
+        json_schema_extra={"x-kubernetes-list-type": "map",
+                           "x-kubernetes-list-map-keys": ["name"]})
     max_tokens: int = Field(default=512, ge=1, le=32768,
                             description="Longest answer, in tokens (greedy decoding)")
     backend: InferenceBackend = Field(default="vllm",
@@ -227,9 +270,10 @@ class EvaluationSpec(_Model):
 class StorageSpec(_Model):
     """Where the run's artifacts and checkpoints go."""
 
-    uri: str = Field(
+    uri: StorageUri = Field(
         default="",
-        description="Artifact root, s3://bucket/prefix; empty uses the operator's default",
+        description="Artifact root, s3://<bucket>/<prefix> (or a local directory for `cream "
+        "run`); empty uses the operator's default",
     )
     secret_name: str | None = Field(
         default=None,
@@ -458,7 +502,8 @@ class CreamRun(_Model):
     """The whole object, as `cream validate` reads it from a file."""
 
     model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", frozen=True,
+        strict=True,
     )
 
     api_version: Literal["cream.dev/v1alpha1"]
@@ -470,11 +515,8 @@ class CreamRun(_Model):
     @classmethod
     def _metadata_name(cls, metadata: dict) -> dict:
         name = metadata.get("name")
-        if not isinstance(name, str) or not re.match(DNS_LABEL, name) or len(name) > 63:
-            raise ValueError(
-                "name must be a DNS label: lowercase letters, digits and '-', at most 63 "
-                "characters"
-            )
+        if not isinstance(name, str) or not re.fullmatch(NAME, name) or len(name) > NAME_MAX:
+            raise ValueError(NAME_MESSAGE)
         return metadata
 
 
@@ -490,12 +532,13 @@ def field_path(loc: tuple) -> str:
     return out or "(object)"
 
 
-def problems_of(exc: ValidationError) -> list[str]:
+def problems_of(exc: ValidationError, root: tuple = ()) -> list[str]:
+    """'field.path: what is wrong' for each error; `root` is where the validated part sits."""
     problems = []
     for err in exc.errors():
         # Drop pydantic's "Value error, " prefix: the message is already ours.
         msg = err["msg"].removeprefix("Value error, ")
-        loc = field_path(err["loc"])
+        loc = field_path((*root, *err["loc"]))
         if err["type"] not in ("value_error", "missing", "extra_forbidden") and "input" in err \
                 and not isinstance(err["input"], dict | list):
             msg = f"{msg} (got {err['input']!r})"

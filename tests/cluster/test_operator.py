@@ -358,6 +358,38 @@ def test_the_api_server_rejects_a_creamrun_that_cannot_work(crd, kubectl, namesp
     assert proc.returncode != 0 and "spec.model is immutable" in proc.stderr
 
 
+def test_a_malformed_uri_and_a_long_name_are_refused_at_the_api_server(crd, kubectl,
+                                                                        namespace):
+    doc = _tiny()
+    doc["metadata"]["name"] = "r" * 64
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0 and "metadata.name" in proc.stderr
+
+    # (The API server runs CEL rules only on an object its schema accepts: one problem at once.)
+    doc = _tiny()
+    doc["spec"]["data"]["sft"] = "s3:cream-data/sft.jsonl"
+    proc = kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(doc), check=False)
+    assert proc.returncode != 0
+    assert "spec.data.sft" in proc.stderr and "s3://<bucket>/<key>" in proc.stderr
+
+
+def test_a_job_the_api_server_refuses_fails_the_run_naming_the_field(
+        k8s_api, kubectl, namespace, operator, wait_until):
+    """The CRD cannot check everything a Job's Pod template must be; what it lets through ends
+    Failed with the API server's own words, once, instead of a run without a phase."""
+    doc = _tiny(scheduling={"nodeSelector": {"not a label key!": "x"}})
+    doc["metadata"]["name"] = "refused"
+    _apply(kubectl, namespace, doc)
+    status = _wait_phase(wait_until, k8s_api, namespace, "refused", {"Failed", "Succeeded"},
+                         operator, timeout=120)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "StageFailed"
+    assert "refused its Job" in failed["message"] and "nodeSelector" in failed["message"]
+    assert "iter-0/sft" in failed["message"]
+    assert _jobs(k8s_api, namespace) == []
+    assert "Traceback" not in operator.log_text()
+
+
 SMOLLM2 = ROOT / "examples" / "smollm2.yaml"
 
 

@@ -49,7 +49,7 @@ def test_local_gguf_files(tmp_path):
 def test_cream_validate_accepts_a_gguf_model(tmp_path):
     from cream_operator import specfile
 
-    run = specfile.parse({
+    doc = {
         "apiVersion": "cream.dev/v1alpha1", "kind": "CreamRun", "metadata": {"name": "x"},
         "spec": {"model": {"base": SMOLLM2, "sft": "dist://nope/x.gguf"},
                  "data": {"prompts": ["gen://arithmetic?n=8&seed=1"]},
@@ -57,10 +57,15 @@ def test_cream_validate_accepts_a_gguf_model(tmp_path):
                      {"name": "a", "uri": "gen://arithmetic?n=8&seed=2", "format": "gsm8k"},
                      {"name": "b", "uri": "gen://choice?n=8&seed=2", "format": "gsm8k"},
                      {"name": "c", "uri": "gen://choice?n=8&seed=2&options=12",
-                      "format": "multiple_choice"}]}}})
-    problems = specfile.input_problems(run)
-    assert len(problems) == 3, problems
+                      "format": "multiple_choice"}]}}}
+    # A generated set's format is the spec's own rule (the API server's too).
+    with pytest.raises(specfile.SpecError) as info:
+        specfile.parse(doc)
+    [problem] = info.value.problems
+    assert problem.startswith("spec.evaluation.tasks[1].format: gen://choice")
+    doc["spec"]["evaluation"]["tasks"][1]["format"] = "multiple_choice"
+    problems = specfile.input_problems(specfile.parse(doc))
+    assert len(problems) == 2, problems
     assert problems[0].startswith("spec.model.sft: dist://nope/x.gguf: the Python distribution")
     assert problems[1].startswith("spec.evaluation.tasks[2].uri: gen://choice?n=8&seed=2&"
                                   "options=12: parameter 'options' must be 2 to 8")
-    assert problems[2].startswith("spec.evaluation.tasks[1].format: gen://choice")

@@ -72,12 +72,12 @@ def test_no_model_is_scored_twice_in_an_iteration():
 
 def test_a_given_sft_model_skips_the_sft_stage():
     doc = copy.deepcopy(TINY)
-    doc["spec"]["model"]["sft"] = "s3://b/my-sft"
+    doc["spec"]["model"]["sft"] = "s3://bkt/my-sft"
     del doc["spec"]["data"]["sft"]
     steps = pipeline.plan(specfile.parse(doc).spec, "r")
     assert steps[0].key == "iter-0/evaluate" and steps[0].after == ()
     by_key = {s.key: s for s in steps}
-    assert by_key["iter-1/sample"].request.model == "s3://b/my-sft"
+    assert by_key["iter-1/sample"].request.model == "s3://bkt/my-sft"
     assert by_key["iter-1/sample"].after == ()
 
 

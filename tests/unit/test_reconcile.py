@@ -8,7 +8,7 @@ import yaml
 
 from cream_operator.config import OperatorConfig
 from cream_operator.observe import parse_metrics
-from cream_operator.reconcile import JobView, decide
+from cream_operator.reconcile import JobView, decide, rejected
 from cream_operator.spec import StepMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,3 +305,36 @@ def test_a_waiting_stage_whose_job_is_gone_is_created_again():
     created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
     d = decide(_run(status=_dump(created), scheduling=QUEUED), [], LATER, CONFIG)
     assert [s.key for s in d.create] == ["iter-0/sft"]
+
+
+def test_an_invalid_spec_fails_naming_the_field_with_one_event():
+    run = _run(evaluation={"tasks": [{"name": "a", "uri": "s3://cream-data/a.jsonl",
+                                      "format": "gsm8k"}] * 2})
+    d = decide(run, [], NOW, CONFIG)
+    assert d.status.phase == "Failed" and d.create == []
+    assert "spec.evaluation" in d.status.message and "repeated: a" in d.status.message
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "InvalidSpec")]
+    run["status"] = d.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    again = decide(run, [], LATER, CONFIG)
+    assert again.status.phase == "Failed" and again.events == []  # said once, not every pass
+
+
+def test_a_job_the_api_server_refuses_fails_its_step_and_the_run_until_the_spec_changes():
+    first = decide(_run(), [], NOW, CONFIG)
+    [step] = first.create
+    refused = rejected(first, [(step.key, "spec.template.spec.nodeSelector: Invalid value")],
+                       NOW, 1)
+    assert refused.status.phase == "Failed"
+    failed = {c.type: c for c in refused.status.conditions}["Failed"]
+    assert failed.status == "True" and failed.reason == "StageFailed"
+    assert "refused its Job" in failed.message
+    assert "nodeSelector" in failed.message and "spec.scheduling" in failed.message
+    assert [e.reason for e in refused.events][-1] == "JobRejected"
+    assert refused.failed == ["sft"]
+    status = refused.status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    # The same spec is not tried again (the API server would refuse it again)...
+    again = decide(_run(status=status), [], LATER, CONFIG)
+    assert again.status.phase == "Failed" and again.create == []
+    # ...a changed one is.
+    fixed = decide(_run(status=status, generation=2), [], LATER, CONFIG)
+    assert [s.key for s in fixed.create] == [step.key]

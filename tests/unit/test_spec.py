@@ -21,8 +21,8 @@ def test_examples_are_valid():
 
 def test_defaults_are_the_papers():
     doc = {"apiVersion": "cream.dev/v1alpha1", "kind": "CreamRun", "metadata": {"name": "x"},
-           "spec": {"model": {"base": "hf://a/b"}, "data": {"sft": "s3://b/sft.jsonl",
-                                                              "prompts": ["s3://b/p.jsonl"]}}}
+           "spec": {"model": {"base": "hf://a/b"}, "data": {"sft": "s3://bkt/sft.jsonl",
+                                                              "prompts": ["s3://bkt/p.jsonl"]}}}
     spec = specfile.parse(doc).spec
     assert (spec.sampling.responses_per_prompt, spec.sampling.temperature, spec.sampling.top_p,
             spec.sampling.max_tokens) == (5, 0.8, 0.95, 768)
