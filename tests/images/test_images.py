@@ -25,10 +25,10 @@ from dockerparse import (
     instructions,
     last,
 )
+from image_runs import all_job_manifests, chart_deployment, container_of
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
-from runs import all_job_manifests, chart_deployment, container_of
 
 from cream_operator.cli import build_parser
 from cream_operator.config import OperatorConfig
