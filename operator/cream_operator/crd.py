@@ -29,6 +29,18 @@ SPEC_RULES = [
     },
 ]
 
+SPEC_RULES += [
+    {
+        "rule": f"!has(self.resources) || !has(self.resources.{stage}) || "
+                f"!has(self.resources.{stage}.tensorParallel) || "
+                f"self.resources.{stage}.tensorParallel == 1 || !has(self.{section}) || "
+                f"!has(self.{section}.backend) || self.{section}.backend == 'vllm'",
+        "message": f"resources.{stage}.tensorParallel > 1 needs {section}.backend vllm: the "
+        "transformers backend runs a model on one device",
+    }
+    for stage, section in s.TENSOR_PARALLEL_BACKENDS.items()
+]
+
 # Fields a running CreamRun cannot change: its artifacts and models would stop matching them.
 IMMUTABLE = ("model", "storage")
 

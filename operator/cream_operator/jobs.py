@@ -73,9 +73,16 @@ def gpus_for(spec: CreamRunSpec, stage: str, config: OperatorConfig) -> int:
     return config.default_gpus if STAGE_TABLE[stage].wants_gpu else 0
 
 
+def _shards_over_nodes(step: Step) -> bool:
+    """Whether the stage's request can split its work over several Pods (sample, score,
+    evaluate: node_shards.py)."""
+    return "nodes" in type(step.request).model_fields
+
+
 def nodes_for(spec: CreamRunSpec, step: Step) -> int:
-    """Pods of a stage's Job: several only for a training stage (an Indexed Job)."""
-    if not STAGE_TABLE[step.stage].trains:
+    """Pods of a stage's Job, an Indexed Job when several: training stages (torchrun across
+    them) and inference stages (each Pod a share of the batches); consistency runs on one."""
+    if not STAGE_TABLE[step.stage].trains and not _shards_over_nodes(step):
         return 1
     return stage_resources(spec, step.stage).nodes or 1
 
@@ -86,17 +93,25 @@ def _uses_torchrun(step: Step, gpus: int, nodes: int) -> bool:
     return step.request.train.backend == "deepspeed" and (gpus > 1 or nodes > 1)
 
 
-def request_for(step: Step, gpus: int):
-    """The step's request as its Pod runs it: an inference stage given several GPUs runs one
-    engine on each (data parallel; its outputs do not depend on how many)."""
-    if gpus > 1 and "data_parallel" in type(step.request).model_fields:
-        return step.request.model_copy(update={"data_parallel": gpus})
-    return step.request
+def request_for(step: Step, gpus: int, nodes: int = 1, tensor_parallel: int = 1):
+    """The step's request as its Pods run it: an inference stage given several GPUs runs one
+    engine on each group of `tensor_parallel` of them (data parallel: gpus / tensor_parallel
+    engines), on each of `nodes` Pods; its outputs do not depend on any of these."""
+    if not _shards_over_nodes(step):
+        return step.request
+    update: dict = {}
+    if gpus // tensor_parallel > 1:
+        update["data_parallel"] = gpus // tensor_parallel
+    if tensor_parallel > 1:
+        update["tensor_parallel"] = tensor_parallel
+    if nodes > 1:
+        update["nodes"] = nodes
+    return step.request.model_copy(update=update) if update else step.request
 
 
 def container_command(step: Step, name: str, config: OperatorConfig, gpus: int,
-                      nodes: int) -> tuple[list[str], list[str]]:
-    body = request_for(step, gpus).model_dump(mode="json")
+                      nodes: int, tensor_parallel: int = 1) -> tuple[list[str], list[str]]:
+    body = request_for(step, gpus, nodes, tensor_parallel).model_dump(mode="json")
     request = data_uri(json.dumps(body, sort_keys=True).encode())
     stage_args = [step.stage, "--request", request]
     if not _uses_torchrun(step, gpus, nodes):
@@ -146,8 +161,8 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     name = job_name(run["metadata"]["name"], run["metadata"]["uid"], step)
     gpus = gpus_for(spec, step.stage, config)
     nodes = nodes_for(spec, step)
-    command, args = container_command(step, name, config, gpus, nodes)
     res = stage_resources(spec, step.stage)
+    command, args = container_command(step, name, config, gpus, nodes, res.tensor_parallel)
     sched = spec.scheduling
     secret = spec.storage.secret_name or config.s3_secret
     env = [
@@ -217,9 +232,11 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
     if sched.ttl_seconds_after_finished is not None:
         job_spec["ttlSecondsAfterFinished"] = sched.ttl_seconds_after_finished
     if nodes > 1:
+        # Each Pod's index is JOB_COMPLETION_INDEX, set by the Job controller.
         job_spec.update(completionMode="Indexed", completions=nodes, parallelism=nodes)
-        pod_spec["subdomain"] = name
-        container["ports"] = [{"containerPort": config.torchrun_port, "name": "rendezvous"}]
+        if STAGE_TABLE[step.stage].trains:  # torchrun's rendezvous at index 0's hostname
+            pod_spec["subdomain"] = name
+            container["ports"] = [{"containerPort": config.torchrun_port, "name": "rendezvous"}]
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -235,8 +252,9 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
 
 
 def headless_service(run: dict, step: Step, job: dict) -> dict | None:
-    """The rendezvous Service of a multi-node Job (None for single-Pod Jobs)."""
-    if job["spec"].get("completionMode") != "Indexed":
+    """The rendezvous Service of a multi-node training Job (None for other Jobs: inference
+    nodes meet only through their shards in storage)."""
+    if "subdomain" not in job["spec"]["template"]["spec"]:
         return None
     name = job["metadata"]["name"]
     [port] = job["spec"]["template"]["spec"]["containers"][0]["ports"]

@@ -73,7 +73,9 @@ def job_view(job: dict, pods: list[dict]) -> JobView:
     state = job_state(job)
     message = metrics = None
     if state == "succeeded":
-        pod = _newest(pods, "Succeeded")
+        # Of a several-Pod Job, only node (rank) 0 commits and reports: the Pod with a message.
+        reporting = [p for p in pods if _termination(p).get("message")]
+        pod = _newest(reporting, "Succeeded") or _newest(pods, "Succeeded")
         metrics = parse_metrics(_termination(pod).get("message")) if pod else None
     elif state == "failed":
         pod = _newest(pods, "Failed")

@@ -282,8 +282,20 @@ class StorageSpec(_Model):
     )
 
 
+TENSOR_PARALLEL_RULE = {
+    "rule": "!has(self.tensorParallel) || self.tensorParallel == 1 || (has(self.gpus) && "
+            "self.gpus >= self.tensorParallel && self.gpus % self.tensorParallel == 0)",
+    "message": "tensorParallel must divide gpus (set gpus to a multiple of it): each engine "
+               "takes tensorParallel GPUs",
+    "fieldPath": ".tensorParallel",
+}
+
+
 class StageResources(_Model):
     """What one stage's Pods get."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        TENSOR_PARALLEL_RULE]})
 
     gpus: int | None = Field(
         default=None, ge=0, le=64,
@@ -296,15 +308,40 @@ class StageResources(_Model):
         default=None, description="Memory request and limit, a Kubernetes quantity (e.g. 64Gi)")
     nodes: int | None = Field(
         default=None, ge=1, le=64,
-        description="Pods for sft/dpo (an Indexed Job with torchrun rendezvous); 1 elsewhere",
+        description="Pods of the stage's Job, an Indexed Job when more than 1: sft/dpo train "
+        "under torchrun across them; sample, score and evaluate split their batches between "
+        "them (node 0 merges); consistency always runs on 1",
+    )
+    tensor_parallel: int = Field(
+        default=1, ge=1, le=64,
+        description="sample, score and evaluate with the vllm backend: GPUs per engine (vLLM "
+        "tensor parallelism) for a model larger than one GPU; must divide gpus, and the Pod "
+        "runs gpus / tensorParallel engines; 1 for the other stages",
     )
     image: str | None = Field(default=None,
                               description="This stage's image, over scheduling.image and the "
                               "operator's stage image")
 
+    @field_validator("tensor_parallel")
+    @classmethod
+    def _tensor_parallel_divides_gpus(cls, tp: int, info: ValidationInfo) -> int:
+        gpus = info.data.get("gpus")
+        if tp > 1 and (gpus is None or gpus < tp or gpus % tp):
+            raise ValueError(f"must divide gpus ({gpus if gpus is not None else 'unset'}): set "
+                             "gpus to a multiple of it; each engine takes tensorParallel GPUs")
+        return tp
+
 
 class ResourcesSpec(_Model):
     """Per-stage Pod resources."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": " && ".join(f"(!has(self.{st}) || !has(self.{st}.tensorParallel) || "
+                            f"self.{st}.tensorParallel == 1)"
+                            for st in ("sft", "consistency", "dpo")),
+        "message": "tensorParallel applies to sample, score and evaluate only: leave it 1 for "
+                   "sft, consistency and dpo",
+    }]})
 
     sft: StageResources = Field(default_factory=StageResources,
                                 description="The sft stage's Pods")
@@ -318,6 +355,15 @@ class ResourcesSpec(_Model):
                                 description="The dpo stage's Pods")
     evaluate: StageResources = Field(default_factory=StageResources,
                                      description="The evaluate stage's Pods")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_for_inference_only(self):
+        for stage in ("sft", "consistency", "dpo"):
+            tp = getattr(self, stage).tensor_parallel
+            if tp != 1:
+                raise ValueError(f"{stage}.tensorParallel is {tp}: tensor parallelism applies "
+                                 "to sample, score and evaluate only; leave it 1")
+        return self
 
 
 class Toleration(_Model):
@@ -357,6 +403,10 @@ class SchedulingSpec(_Model):
     ttl_seconds_after_finished: int | None = Field(
         default=None, ge=0, description="Finished Jobs are deleted after this many seconds "
         "(their results stay in the status)")
+
+
+# Which spec section holds the inference backend of each stage with engines.
+TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "evaluate": "evaluation"}
 
 
 class CreamRunSpec(_Model):
@@ -403,6 +453,17 @@ class CreamRunSpec(_Model):
                 f"data.prompts has {n_sets} prompt sets for {self.iterations} iterations: give one "
                 "set (reused every iteration) or at least one per iteration"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm(self):
+        for stage, section in TENSOR_PARALLEL_BACKENDS.items():
+            tp = getattr(self.resources, stage).tensor_parallel
+            backend = getattr(self, section).backend
+            if tp > 1 and backend != "vllm":
+                raise ValueError(f"resources.{stage}.tensorParallel is {tp}, which needs "
+                                 f"{section}.backend vllm (it is {backend}): the transformers "
+                                 "backend runs a model on one device")
         return self
 
 

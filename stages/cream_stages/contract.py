@@ -70,6 +70,34 @@ class _Request(BaseModel):
     seed: int = 0
 
 
+class _InferenceRequest(_Request):
+    """What sample, score and evaluate share: how the work spreads over devices and nodes.
+    None of it changes an output byte (engine_pool.py, node_shards.py)."""
+
+    backend: InferenceBackend = "transformers"
+    data_parallel: PositiveInt = Field(
+        default=1, description="engines per node, each on whole batches: one per GPU (or GPU "
+        "group, see tensor_parallel), else CPU processes; outputs are the same for any number "
+        "(engine_pool.py)")
+    tensor_parallel: PositiveInt = Field(
+        default=1, description="GPUs per engine (vLLM's tensor_parallel_size), for a model "
+        "larger than one GPU; the node needs data_parallel x tensor_parallel GPUs; vllm only")
+    nodes: PositiveInt = Field(
+        default=1, description="Pods sharing the stage (an Indexed Job); each learns its index "
+        "from JOB_COMPLETION_INDEX, node 0 merges the shards and commits (node_shards.py)")
+    shard_wait_seconds: PositiveInt = Field(
+        default=1800, description="with nodes > 1: how long node 0 waits for the other shards "
+        "after its own (at least twice its own share's time)")
+
+    @model_validator(mode="after")
+    def _tensor_parallel_needs_vllm(self):
+        if self.tensor_parallel > 1 and self.backend != "vllm":
+            raise ValueError(f"field 'tensor_parallel' is {self.tensor_parallel}, which needs "
+                             f"backend vllm (backend is {self.backend!r}): the transformers "
+                             "backend runs a model on one device; use tensor_parallel 1")
+        return self
+
+
 class TrainParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -90,7 +118,7 @@ class SftRequest(_Request):
     train: TrainParams
 
 
-class SampleRequest(_Request):
+class SampleRequest(_InferenceRequest):
     stage: Literal["sample"] = "sample"
     model: str
     prompts: str = Field(description="prompt set keyed by id (JSON or JSONL)")
@@ -100,25 +128,17 @@ class SampleRequest(_Request):
     max_tokens: PositiveInt = 768
     max_prompts: int | None = Field(default=None, ge=1)
     batch_size: PositiveInt = 8
-    backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
-    data_parallel: PositiveInt = Field(
-        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
-        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
 
-class ScoreRequest(_Request):
+class ScoreRequest(_InferenceRequest):
     stage: Literal["score"] = "score"
     model: str
     model_index: int = Field(ge=0, description="k of M_k, for the record")
     responses: str = Field(description="the sample stage's responses.jsonl")
     max_length: PositiveInt = 2048
     batch_size: PositiveInt = 8
-    backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
-    data_parallel: PositiveInt = Field(
-        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
-        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
 
 class ConsistencyRequest(_Request):
@@ -175,17 +195,13 @@ class EvalTask(BaseModel):
         return self
 
 
-class EvaluateRequest(_Request):
+class EvaluateRequest(_InferenceRequest):
     stage: Literal["evaluate"] = "evaluate"
     model: str
     tasks: list[EvalTask] = Field(min_length=1)
     max_tokens: PositiveInt = 512
     batch_size: PositiveInt = 8
-    backend: InferenceBackend = "transformers"
     precision: Precision = "float32"
-    data_parallel: PositiveInt = Field(
-        default=1, description="engines, each on whole batches: one per GPU (the stage needs as "
-        "many), else CPU processes; outputs are the same for any number (engine_pool.py)")
 
     @model_validator(mode="after")
     def _unique_task_names(self):

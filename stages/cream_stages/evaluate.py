@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 LM_EVAL_FILE = "lm_eval.json"
 
 
-def run(req: EvaluateRequest) -> StageResult:
-    from .engine_pool import open_engines  # noqa: PLC0415 - torch only once the request is valid
+def run(req: EvaluateRequest) -> StageResult | None:
+    from .engine_pool import engines_for  # noqa: PLC0415 - torch only once the request is valid
 
     ours = [t for t in req.tasks if t.format != "lm_eval"]
     harness = [t for t in req.tasks if t.format == "lm_eval"]
@@ -33,10 +33,13 @@ def run(req: EvaluateRequest) -> StageResult:
     accuracy: dict[str, float] = {}
     counts: dict[str, int] = {}
     outputs: dict[str, str] = {}
-    with open_engines(req.backend, req.model, req.precision, req.seed,
-                      req.data_parallel) as engines:
+    with engines_for(req) as engines:
+        if not engines.leader and not tasks:
+            return None  # lm-eval tasks run on node 0 alone
         if tasks:
             rows = _answer(engines, tasks, req)
+            if rows is None:  # another node's share: in its shard; node 0 merges and commits
+                return None
             for name, items in tasks.items():
                 accuracy[name] = sum(r.correct for r in rows if r.task == name) / len(items)
                 counts[name] = len(items)
@@ -45,7 +48,7 @@ def run(req: EvaluateRequest) -> StageResult:
         if harness:
             from . import lm_harness  # noqa: PLC0415 - lm-eval only when a task asks for it
 
-            # on engine 0 alone: the harness batches and iterates by itself
+            # on engine 0 of node 0 alone: the harness batches and iterates by itself
             results = lm_harness.evaluate(engines.lm_eval_model(req.batch_size), harness,
                                           req.seed)
             for name, res in results.items():
@@ -63,14 +66,17 @@ def run(req: EvaluateRequest) -> StageResult:
     )
 
 
-def _answer(engines, tasks: dict, req: EvaluateRequest) -> list[PredictionRecord]:
-    """Greedy answers to every item of our own tasks, extracted and marked."""
+def _answer(engines, tasks: dict, req: EvaluateRequest) -> list[PredictionRecord] | None:
+    """Greedy answers to every item of our own tasks, extracted and marked (None on a node
+    other than 0: its answers went to its shard)."""
     flat = [(name, item) for name, items in tasks.items() for item in items]
     log.info("evaluating %d items of %d task(s)", len(flat), len(tasks))
     answers = engines.generate([item.prompt() for _, item in flat],
                                [f"{name}/{item.id}" for name, item in flat], sample=False,
                                max_tokens=req.max_tokens, batch_size=req.batch_size,
                                desc="evaluate")
+    if answers is None:
+        return None
     rows = []
     for (name, item), out in zip(flat, answers, strict=True):
         prediction = item.extract(out[0])

@@ -71,12 +71,14 @@ def sum_prompt_logprobs(prompt_logprobs, input_ids: Sequence[int],
 
 
 class VllmEngine:
-    """One vLLM instance per engine, started on first use (scoring needs max_model_len)."""
+    """One vLLM instance per engine, started on first use (scoring needs max_model_len), over
+    the `tensor_parallel` GPUs its process sees (engine_pool.device_groups)."""
 
     batches_itself = True  # continuous batching: give it large chunks, not small batches
 
-    def __init__(self, model: str, precision: str, seed: int):
+    def __init__(self, model: str, precision: str, seed: int, tensor_parallel: int = 1):
         self.path = resolve_model_uri(model)
+        self.tensor_parallel = tensor_parallel
         self.tokenizer = load_tokenizer(self.path)
         self.precision = precision
         self.seed = seed
@@ -87,7 +89,7 @@ class VllmEngine:
             from vllm import LLM  # noqa: PLC0415
 
             kwargs = {"model": self.path, "tokenizer": self.path, "dtype": self.precision,
-                      "seed": self.seed}
+                      "seed": self.seed, "tensor_parallel_size": self.tensor_parallel}
             if max_model_len:
                 kwargs["max_model_len"] = max_model_len
             self._llms[max_model_len] = LLM(**kwargs)
@@ -119,7 +121,7 @@ class VllmEngine:
         from lm_eval.models.vllm_causallms import VLLM  # noqa: PLC0415
 
         return VLLM(pretrained=self.path, dtype=self.precision, seed=self.seed,
-                    batch_size="auto")
+                    batch_size="auto", tensor_parallel_size=self.tensor_parallel)
 
     def score(self, encodings: Sequence[Encoded], *, max_length: int, batch_size: int,
               desc: str = "score") -> list[float]:

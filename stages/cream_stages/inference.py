@@ -36,12 +36,17 @@ class Engine(Protocol):
         ...
 
 
-def open_engine(backend: InferenceBackend, model: str, precision: str, seed: int) -> Engine:
-    """The engine of `backend` for the model URI `model` (resolved and loaded here)."""
+def open_engine(backend: InferenceBackend, model: str, precision: str, seed: int,
+                tensor_parallel: int = 1) -> Engine:
+    """The engine of `backend` for the model URI `model` (resolved and loaded here), over
+    `tensor_parallel` devices (vLLM only: the transformers backend runs on one)."""
     if backend == "vllm":
         from .infer_vllm import VllmEngine  # noqa: PLC0415 - vLLM only where asked for
 
-        return VllmEngine(model, precision, seed)
+        return VllmEngine(model, precision, seed, tensor_parallel)
+    if tensor_parallel != 1:
+        raise ValueError(f"tensor_parallel {tensor_parallel} needs the vllm backend, not "
+                         f"{backend!r}")
     if backend == "transformers":
         from .infer_transformers import TransformersEngine  # noqa: PLC0415
 

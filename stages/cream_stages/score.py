@@ -18,15 +18,14 @@ from .records import ResponsesRecord, ScoresRecord, read, write
 log = logging.getLogger(__name__)
 
 
-def run(req: ScoreRequest) -> StageResult:
-    from .engine_pool import open_engines  # noqa: PLC0415 - torch only once the request is valid
+def run(req: ScoreRequest) -> StageResult | None:
+    from .engine_pool import engines_for  # noqa: PLC0415 - torch only once the request is valid
     from .tokenization import encode_pair  # noqa: PLC0415
 
     rows = read(req.responses, ResponsesRecord)
     if not rows:
         raise StageInputError(f"{req.responses}: no responses to score")
-    with open_engines(req.backend, req.model, req.precision, req.seed,
-                      req.data_parallel) as engines:
+    with engines_for(req) as engines:
         encodings = []
         for row in rows:
             for j, response in enumerate(row.responses):
@@ -44,6 +43,8 @@ def run(req: ScoreRequest) -> StageResult:
                  req.model)
         logps = engines.score(encodings, max_length=req.max_length, batch_size=req.batch_size,
                               desc=f"score M{req.model_index}")
+    if logps is None:  # another node's share: in its shard; node 0 merges and commits
+        return None
     out, k = [], 0
     for row in rows:
         n = len(row.responses)

@@ -35,9 +35,12 @@ def _manifest(directory):
 
 
 def _one_engine(metrics: dict) -> dict:
-    """The metrics without the engine figures, after checking those say one engine did it all."""
+    """The metrics without the engine figures, after checking those say one engine on one node
+    did it all."""
     assert metrics.pop("data_parallel") == 1
+    assert metrics.pop("nodes") == 1
     (shard,) = metrics.pop("shards")
+    assert shard["node"] == 0
     assert shard["batches"] >= 1 and shard["tokens"] > 0 and shard["seconds"] >= 0
     return metrics
 

@@ -182,3 +182,47 @@ def test_cleanup_job_deletes_the_run_root_and_outlives_the_run():
     assert container["command"] == ["python", "-m", "cream_stages.cleanup",
                                     "s3://b/runs/ml/tiny/0b1e-uid"]
     assert container["envFrom"] == [{"secretRef": {"name": "cream-s3", "optional": True}}]
+
+
+def _request(job):
+    return contract.parse_request(artifacts.read_json(
+        job["spec"]["template"]["spec"]["containers"][0]["args"][2]))
+
+
+def test_inference_on_several_nodes_is_an_indexed_job_without_a_service():
+    doc = copy.deepcopy(BIG)
+    for stage in ("sample", "score", "evaluate", "consistency"):
+        doc["spec"]["resources"][stage]["nodes"] = 3
+    spec, steps = _steps(doc)
+    for key in ("iter-1/sample", "iter-1/score-m0", "iter-1/evaluate"):
+        job = jobs.job_manifest(RUN, spec, steps[key], CONFIG)
+        assert (job["spec"]["completionMode"], job["spec"]["completions"],
+                job["spec"]["parallelism"]) == ("Indexed", 3, 3)
+        pod = job["spec"]["template"]["spec"]
+        assert "subdomain" not in pod and "ports" not in pod["containers"][0]
+        assert pod["containers"][0]["command"] == ["python", "-m", "cream_stages"]
+        # every Pod runs the same request; its index is the Job controller's JOB_COMPLETION_INDEX
+        request = _request(job)
+        assert (request.nodes, request.data_parallel, request.tensor_parallel) == (3, 8, 1)
+        assert request == steps[key].request.model_copy(update={"nodes": 3, "data_parallel": 8})
+        assert jobs.headless_service(RUN, steps[key], job) is None
+        assert job["spec"]["backoffLimit"] == 2 * 3
+    # consistency has nothing to share out: one Pod
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/consistency"], CONFIG)
+    assert "completionMode" not in job["spec"]
+
+
+def test_tensor_parallel_makes_engines_of_gpu_groups():
+    doc = copy.deepcopy(BIG)  # 8 GPUs per inference Pod, vllm
+    doc["spec"]["resources"]["sample"]["tensorParallel"] = 2
+    doc["spec"]["resources"]["score"]["tensorParallel"] = 8
+    spec, steps = _steps(doc)
+    sample = _request(jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG))
+    assert (sample.data_parallel, sample.tensor_parallel, sample.nodes) == (4, 2, 1)
+    score = _request(jobs.job_manifest(RUN, spec, steps["iter-1/score-m1"], CONFIG))
+    assert (score.data_parallel, score.tensor_parallel) == (1, 8)
+    evaluate = _request(jobs.job_manifest(RUN, spec, steps["iter-1/evaluate"], CONFIG))
+    assert (evaluate.data_parallel, evaluate.tensor_parallel) == (8, 1)
+    job = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
+    limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "8"  # the Pod still asks for all of them

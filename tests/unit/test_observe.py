@@ -37,6 +37,16 @@ def test_a_succeeded_stage_reports_its_metrics():
     assert view.completion_time == "2026-11-23T10:01:00Z"
 
 
+def test_a_several_node_stage_reports_node_0s_metrics_whichever_pod_is_newest():
+    """Only node 0 of an Indexed Job writes the termination message; the others end silent."""
+    msg = json.dumps({"stage": "evaluate", "metrics": {"accuracy": {"gsm8k": 0.5}}})
+    pods = [_pod("Succeeded", msg, created="2026-11-23T10:00:00Z"),
+            _pod("Succeeded", None, created="2026-11-23T10:00:01Z")]
+    for order in (pods, pods[::-1]):
+        view = job_view(_job([{"type": "Complete", "status": "True"}]), order)
+        assert view.metrics.accuracy == {"gsm8k": 0.5}
+
+
 def test_a_failed_stage_reports_its_own_words_from_the_newest_pod():
     failed = {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
               "message": "Job has reached the specified backoff limit",

@@ -67,6 +67,30 @@ def test_cross_field_rules_name_the_fix():
     assert any("repeated: arc_easy" in p for p in _problems(doc))
 
 
+def test_tensor_parallel_must_divide_gpus_and_needs_vllm():
+    big = yaml.safe_load((ROOT / "examples/llama3-8b.yaml").read_text())  # vllm, 8 GPUs
+    doc = copy.deepcopy(big)
+    doc["spec"]["resources"]["sample"]["tensorParallel"] = 4
+    assert specfile.parse(doc).spec.resources.sample.tensor_parallel == 4
+    assert specfile.parse(big).spec.resources.score.tensor_parallel == 1  # the default
+
+    doc["spec"]["resources"]["score"]["tensorParallel"] = 3
+    doc["spec"]["resources"]["evaluate"] = {"tensorParallel": 2}  # gpus: the operator's default
+    problems = "\n".join(_problems(doc))
+    assert "spec.resources.score.tensorParallel: must divide gpus (8)" in problems, problems
+    assert "spec.resources.evaluate.tensorParallel: must divide gpus (unset)" in problems
+
+    doc = copy.deepcopy(big)
+    doc["spec"]["resources"]["dpo"]["tensorParallel"] = 2
+    assert any(p.startswith("spec.resources:") and "dpo.tensorParallel is 2" in p
+               for p in _problems(doc))
+
+    doc = copy.deepcopy(TINY)  # the transformers backend everywhere
+    doc["spec"]["resources"]["sample"] = {"gpus": 2, "tensorParallel": 2}
+    assert any("resources.sample.tensorParallel is 2, which needs sampling.backend vllm" in p
+               for p in _problems(doc))
+
+
 def test_cream_validate_exits_nonzero_and_lists_problems(tmp_path, capsys):
     doc = copy.deepcopy(TINY)
     doc["spec"]["sampling"]["responsesPerPrompt"] = 1
