@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("cream_operator.actions")
+log = logging.getLogger("cream_operator")  # short: kopf's format keeps 20 characters of it
 
 
 def text(action: str, fields: dict[str, object]) -> str:

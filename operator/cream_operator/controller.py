@@ -209,12 +209,17 @@ class Controller:
     def _post(self, run: dict, events: list[Event], job_uids: dict[str, str],
               once: bool) -> None:
         """Post the events a Job has once (once=True; named after the Job's uid, so posting one
-        again is refused by the API server), or the others."""
+        again is refused by the API server), or the others. A Job's event whose Job is not
+        there (its name still held by a Job being deleted) waits for the Job that will be."""
         for event in events:
-            uid = job_uids.get(event.job) if event.job else None
-            if once == bool(uid):
-                name = event_name(run["metadata"]["name"], uid, event.reason) if uid else None
-                self._event(run, event.type, event.reason, event.message, name)
+            if once != bool(event.job):
+                continue
+            if event.job is None:
+                self._event(run, event.type, event.reason, event.message)
+            elif event.job in job_uids:
+                self._event(run, event.type, event.reason, event.message,
+                            event_name(run["metadata"]["name"], job_uids[event.job],
+                                       event.reason))
 
     def _event(self, run: dict, type_: str, reason: str, message: str,
                name: str | None = None) -> None:
@@ -297,7 +302,9 @@ class Controller:
                 views, uids = self._observe_jobs(run)
                 decision = decide(run, views, now_rfc3339(), self.config)
                 self._delete(run, decision, uids)
-                job_uids = {**uids, **self._create(run, decision)}
+                # Each Job's uid, for its events: a deleted Job's name may be a new Job's now.
+                job_uids = {n: u for n, u in uids.items() if n not in decision.delete}
+                job_uids.update(self._create(run, decision))
                 # A Job's own events before the status write: a kill after that write cannot
                 # lose them, and one before it makes the restarted operator post them again,
                 # which the API server refuses (see reconcile.Event.job).

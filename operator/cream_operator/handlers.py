@@ -1,4 +1,4 @@
-"""kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow timer, lead to
+"""kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow resync, lead to
 a reconcile of that run (level-triggered: the decision looks at the whole state each time; events
 that come while it runs fold into one more pass). Each event first updates the controller's copy
 of what the watches delivered; stage Pods' events only do that (their termination messages).
