@@ -3,6 +3,8 @@ memo (kopf hands every handler a copy of it: no module globals)."""
 
 from __future__ import annotations
 
+import logging
+
 import kopf
 from kubernetes import client, config
 from prometheus_client import start_http_server
@@ -28,10 +30,18 @@ def kube_client() -> client.ApiClient:
     return client.ApiClient(cfg)
 
 
+# Lines that say nothing the action lines (actionlog) do not, at a rate that buries them: kopf's
+# "Handler 'job_event' succeeded." for every watch event, and a line for every health probe.
+# Their warnings and errors still show; --verbose shows everything.
+QUIET = ("kopf.objects", "aiohttp.access")
+
+
 def configure_logging(verbose: bool, log_format: str) -> None:
     # kopf's handler on the root logger is the only one: a second (logging.basicConfig beside it)
     # printed every line twice.
     kopf.configure(verbose=verbose, log_format=LOG_FORMATS[log_format])
+    for name in QUIET:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def run_operator(args) -> int:

@@ -60,7 +60,9 @@ def _operator_logging(log_format: str) -> list[str]:
             "from cream_operator.actionlog import action\n"
             f"configure_logging(False, {log_format!r})\n"
             "action('job created', run='ml/tiny', job='tiny-1', step='iter-0/sft')\n"
-            "logging.getLogger('kopf.activities').info('kopf says hi')\n")
+            "logging.getLogger('kopf.activities').info('kopf says hi')\n"
+            "logging.getLogger('kopf.objects').info(\"Handler 'job_event' succeeded.\")\n"
+            "logging.getLogger('kopf.objects').warning('a handler failed')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(ROOT / "operator"), str(ROOT / "stages"), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
@@ -73,6 +75,9 @@ def test_the_operator_prints_each_log_line_once():
     assert len([ln for ln in lines if "job created" in ln]) == 1, lines
     assert len([ln for ln in lines if "kopf says hi" in ln]) == 1, lines
     assert any(ln.endswith("job created run=ml/tiny job=tiny-1 step=iter-0/sft") for ln in lines)
+    # kopf's line for every watch event buries the actions; its warnings still show.
+    assert not [ln for ln in lines if "succeeded" in ln], lines
+    assert len([ln for ln in lines if "a handler failed" in ln]) == 1, lines
 
 
 def test_json_logs_carry_an_actions_fields_as_keys():
