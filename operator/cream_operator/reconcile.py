@@ -164,10 +164,12 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         admitted = (old.admission_time if old else None) or (job.start_time if job.queue else None)
         if old is None and job.state != "suspended" and not (job.state == "failed" and retry):
             # A Job the status does not know: the operator died between creating it and writing
-            # the status. Its start is announced now, before whatever else it did meanwhile
-            # (once per Job: see Event.job).
-            decision.events.append(Event("Normal", "StageStarted", f"{key} started ({job.name})",
-                                         job=job.name))
+            # the status. Its start is announced now, before whatever else it did meanwhile: once
+            # per Job (see Event.job); a queued one's as its admission (which can recur).
+            decision.events.append(
+                Event("Normal", "StageAdmitted", f"{key} admitted; running ({job.name})")
+                if job.queue else
+                Event("Normal", "StageStarted", f"{key} started ({job.name})", job=job.name))
         if job.state == "succeeded":
             if old is None or old.phase != "Succeeded":
                 start = (old.start_time if old else None) or job.start_time or now

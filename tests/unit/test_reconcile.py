@@ -351,3 +351,9 @@ def test_events_a_job_can_have_more_than_once_are_not_tied_to_it():
     waiting = JobView(name=name, key="iter-0/sft", state="suspended", queue="gpu")
     d = decide(_run(scheduling=QUEUED), [waiting], LATER, CONFIG)
     assert [e.reason for e in d.events] == ["WaitingForAdmission"]
+    # Found running: admitted while the operator was down. A queued stage's start is its
+    # admission, never a StageStarted.
+    active = JobView(name=name, key="iter-0/sft", state="active", queue="gpu",
+                     start_time=ADMITTED)
+    d = decide(_run(scheduling=QUEUED), [active], LATER, CONFIG)
+    assert [(e.reason, e.job) for e in d.events] == [("StageAdmitted", None)]
