@@ -116,6 +116,11 @@ class WatchCache:
         with self._lock:
             return self._newer.get(key) or self._runs.get(key)
 
+    def run_keys(self) -> list[RunKey]:
+        """Every run the watch delivered and has not deleted."""
+        with self._lock:
+            return list(self._runs)
+
     def run_gone(self, namespace: str, name: str) -> None:
         key = (namespace, name)
         with self._lock:

@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peering", default=None, help="kopf peering name, for several replicas")
     p.add_argument("--priority", type=int, default=0, help="kopf peering priority")
     p.add_argument("--verbose", action="store_true")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one JSON object a line, an action's fields as keys")
     p.set_defaults(func=_operator)
     return parser
 

@@ -11,6 +11,7 @@ a decision on a stale copy is refused (409) and made again on a fresh GET, never
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -20,11 +21,12 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from . import jobs, observe
+from .actionlog import action
 from .cache import JOB_UID_LABEL, WatchCache
 from .coalesce import Coalescer
 from .config import OperatorConfig
 from .metrics import Metrics
-from .reconcile import Decision, decide, rejected
+from .reconcile import Decision, Event, decide, rejected
 from .spec import GROUP, KIND, PLURAL, VERSION, CreamRunSpec, CreamRunStatus
 
 log = logging.getLogger(__name__)
@@ -42,6 +44,13 @@ def _api_message(exc: ApiException) -> str:
         return f"{exc.status} {exc.reason}"
 
 
+def event_name(run_name: str, job_uid: str, reason: str) -> str:
+    """The name of the event a Job has once (reconcile.Event.job): the same on every try, so the
+    API server keeps one. A valid name for any run name (at most 253 characters)."""
+    digest = hashlib.sha256(f"{job_uid}/{reason}".encode()).hexdigest()[:16]
+    return f"{run_name[:200].rstrip('.-')}.{digest}"
+
+
 class Controller:
     def __init__(self, api: client.ApiClient, config: OperatorConfig, metrics: Metrics):
         self.api = api
@@ -52,6 +61,7 @@ class Controller:
         self.core = client.CoreV1Api(api)
         self.cache = WatchCache()
         self._passes = Coalescer()
+        self._last_pass: dict[tuple[str, str], float] = {}  # run -> when its last pass began
 
     # -- what the watches deliver (the kopf handlers call these) ---------------------------------
 
@@ -130,38 +140,70 @@ class Controller:
 
     # -- act -------------------------------------------------------------------------------------
 
-    def _create(self, run: dict, decision: Decision) -> list[tuple[str, str]]:
-        """Create the decision's Jobs; (step key, why) of each the API server refused as
-        invalid (the spec it was made from is wrong: asking again cannot help)."""
-        ns = run["metadata"]["namespace"]
-        refused = []
+    def _create(self, run: dict, decision: Decision) \
+            -> tuple[dict[str, str], list[tuple[str, str]]]:
+        """Create the decision's Jobs (and Services). Returns each one's uid by name, where
+        known, and (step key, why) of each the API server refused as invalid (the spec it was
+        made from is wrong: asking again cannot help)."""
+        meta = run["metadata"]
+        ns, who = meta["namespace"], _who(run)
+        uids: dict[str, str] = {}
+        refused: list[tuple[str, str]] = []
         for step in decision.create:
             manifest = jobs.job_manifest(run, decision.spec, step, self.config)
+            name = manifest["metadata"]["name"]
             service = jobs.headless_service(run, step, manifest)
             # A handler that died after creating the Job runs again: AlreadyExists is success.
             try:
-                if service is not None:
-                    self._ignore_conflict(
-                        lambda s=service: self.core.create_namespaced_service(ns, s))
-                created = self.batch.create_namespaced_job(ns, manifest)
+                if service is not None and self._ignore_conflict(
+                        lambda s=service: self.core.create_namespaced_service(ns, s)):
+                    action("service created", run=who, service=service["metadata"]["name"],
+                           step=step.key)
+                created = self.api.sanitize_for_serialization(
+                    self.batch.create_namespaced_job(ns, manifest))
             except ApiException as exc:
                 if exc.status in (400, 422):
                     refused.append((step.key, _api_message(exc)))
                     continue
                 if exc.status != 409:
                     raise
+                uid = self._existing_job_uid(meta, name)
+                if uid:
+                    uids[name] = uid
                 continue
+            action("job created", run=who, job=name, step=step.key)
+            uids[name] = created["metadata"]["uid"]
             # The next event of this run must see the Job, whether or not its watch event came.
-            self.cache.job_seen(self.api.sanitize_for_serialization(created))
-        return refused
+            self.cache.job_seen(created)
+        return uids, refused
+
+    def _existing_job_uid(self, run_meta: dict, name: str) -> str | None:
+        """The uid of a Job that was there already (created by a pass that died), unless it is
+        on its way out (a retried stage's old Job)."""
+        held = next((j for j in self.cache.jobs(run_meta["uid"])
+                     if j["metadata"]["name"] == name), None)
+        if held is None:
+            try:
+                held = self.api.sanitize_for_serialization(
+                    self.batch.read_namespaced_job(name, run_meta["namespace"]))
+            except ApiException as exc:
+                if exc.status != 404:
+                    raise
+                return None
+        if held["metadata"].get("deletionTimestamp"):
+            return None
+        return held["metadata"]["uid"]
 
     @staticmethod
-    def _ignore_conflict(call) -> None:
+    def _ignore_conflict(call) -> bool:
+        """Create; False when it existed already."""
         try:
             call()
         except ApiException as exc:
             if exc.status != 409:
                 raise
+            return False
+        return True
 
     def _delete(self, run: dict, decision: Decision, uids: dict[str, str]) -> None:
         for name in decision.delete:
@@ -171,6 +213,7 @@ class Controller:
                 preconditions=client.V1Preconditions(uid=uids[name]) if name in uids else None)
             try:
                 self.batch.delete_namespaced_job(name, run["metadata"]["namespace"], body=options)
+                action("job deleted", run=_who(run), job=name)
             except ApiException as exc:
                 if exc.status not in (404, 409):
                     raise
@@ -179,11 +222,28 @@ class Controller:
                 "name": name, "uid": uids.get(name),
                 "labels": {jobs.LABEL_RUN_UID: run["metadata"]["uid"]}}}, deleted_by_us=True)
 
-    def _event(self, run: dict, type_: str, reason: str, message: str) -> None:
+    def _post(self, run: dict, events: list[Event], job_uids: dict[str, str],
+              once: bool) -> None:
+        """Post the events a Job has once (once=True; named after the Job's uid, so posting one
+        again is refused by the API server), or the others. A Job's event whose Job is not
+        there (its name still held by a Job being deleted) waits for the Job that will be."""
+        for event in events:
+            if once != bool(event.job):
+                continue
+            if event.job is None:
+                self._event(run, event.type, event.reason, event.message)
+            elif event.job in job_uids:
+                self._event(run, event.type, event.reason, event.message,
+                            event_name(run["metadata"]["name"], job_uids[event.job],
+                                       event.reason))
+
+    def _event(self, run: dict, type_: str, reason: str, message: str,
+               name: str | None = None) -> None:
         meta = run["metadata"]
         stamp = now_rfc3339()
+        named = {"name": name} if name else {"generateName": f"{meta['name']}."}
         body = {
-            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "metadata": {**named, "namespace": meta["namespace"]},
             "involvedObject": {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "name": meta["name"],
                 "namespace": meta["namespace"], "uid": meta["uid"],
@@ -197,6 +257,8 @@ class Controller:
         try:
             self.core.create_namespaced_event(meta["namespace"], body)
         except ApiException as exc:  # events are best effort: never fail a reconcile on them
+            if exc.status == 409 and name:
+                return  # posted before this restart or retry
             log.warning("could not post event %s on %s: %s", reason, meta["name"], exc.reason)
 
     def _patch_status(self, run: dict, decision: Decision) -> bool:
@@ -219,6 +281,10 @@ class Controller:
                 return False
             raise
         self.cache.run_fresh(patched)
+        old = (run.get("status") or {}).get("phase")
+        if decision.status.phase != old:
+            action("phase changed", run=_who(run), phase_from=old,
+                   phase=decision.status.phase, reason=_reason(decision))
         return True
 
     # -- the loop body ---------------------------------------------------------------------------
@@ -231,6 +297,7 @@ class Controller:
             return None
         try:
             while True:
+                self._last_pass[key] = time.monotonic()
                 decision = self._reconcile_once(namespace, name)
                 if not self._passes.done(key):
                     return decision
@@ -251,13 +318,19 @@ class Controller:
                 views, uids = self._observe_jobs(run)
                 decision = decide(run, views, now_rfc3339(), self.config)
                 self._delete(run, decision, uids)
-                refused = self._create(run, decision)
+                # Each Job's uid, for its events: a deleted Job's name may be a new Job's now.
+                job_uids = {n: u for n, u in uids.items() if n not in decision.delete}
+                created, refused = self._create(run, decision)
+                job_uids.update(created)
                 if refused:
                     decision = rejected(decision, refused, now_rfc3339(),
                                         run["metadata"].get("generation"))
+                # A Job's own events before the status write: a kill after that write cannot
+                # lose them, and one before it makes the restarted operator post them again,
+                # which the API server refuses (see reconcile.Event.job).
+                self._post(run, decision.events, job_uids, once=True)
                 if self._patch_status(run, decision):
-                    for event in decision.events:
-                        self._event(run, event.type, event.reason, event.message)
+                    self._post(run, decision.events, job_uids, once=False)
                     for stage, seconds in decision.finished:
                         self.metrics.stage_finished(stage, seconds)
                     for stage in decision.failed:
@@ -280,8 +353,10 @@ class Controller:
             return "done"  # it never got to write anything
         spec = CreamRunSpec.model_validate(run["spec"])
         manifest = jobs.cleanup_job_manifest(run, spec, root, self.config)
-        self._ignore_conflict(
-            lambda: self.batch.create_namespaced_job(meta["namespace"], manifest))
+        if self._ignore_conflict(
+                lambda: self.batch.create_namespaced_job(meta["namespace"], manifest)):
+            action("cleanup started", run=f"{namespace}/{name}",
+                   job=manifest["metadata"]["name"], artifacts=root)
         job = self.api.sanitize_for_serialization(self.batch.read_namespaced_job(
             manifest["metadata"]["name"], meta["namespace"]))
         state = observe.job_state(job)
@@ -291,6 +366,22 @@ class Controller:
             return f"failed: the Job {manifest['metadata']['name']} could not delete {root}"
         return "running"
 
+    def last_passes(self) -> dict[tuple[str, str], float]:
+        """When each run's last reconcile began (time.monotonic()), for the resync."""
+        return dict(self._last_pass)
+
     def forget(self, namespace: str, name: str) -> None:
+        self._last_pass.pop((namespace, name), None)
         self.metrics.forget_run(namespace, name)
         self.cache.run_gone(namespace, name)
+
+
+def _reason(decision: Decision) -> str | None:
+    """The reason of the condition the new phase set True (Progressing for Running/Pending)."""
+    types = {"Running": "Progressing", "Pending": "Progressing"}
+    wanted = types.get(decision.status.phase, decision.status.phase)
+    return next((c.reason for c in decision.status.conditions if c.type == wanted), None)
+
+
+def _who(run: dict) -> str:
+    return f"{run['metadata']['namespace']}/{run['metadata']['name']}"

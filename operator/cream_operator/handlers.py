@@ -1,4 +1,4 @@
-"""kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow timer, lead to
+"""kopf handlers: thin. Every event of a CreamRun or of one of its Jobs, and a slow resync, lead to
 a reconcile of that run (level-triggered: the decision looks at the whole state each time; events
 that come while it runs fold into one more pass). Each event first updates the controller's copy
 of what the watches delivered; stage Pods' events only do that (their termination messages).
@@ -68,6 +68,8 @@ def _deletes_artifacts(spec, **_) -> bool:
     return spec.get("cleanupPolicy") == "Delete"
 
 
+# kopf puts its finalizer only on the runs this handler's filter matches (and takes it off a run
+# whose policy changes back): a run that keeps its artifacts is deleted without the operator.
 @kopf.on.delete(GROUP, VERSION, PLURAL, when=_deletes_artifacts)
 def delete_artifacts(body, namespace: str, name: str, memo: kopf.Memo, **_) -> None:
     """cleanupPolicy: Delete. kopf holds a finalizer until this returns."""
@@ -79,8 +81,11 @@ def delete_artifacts(body, namespace: str, name: str, memo: kopf.Memo, **_) -> N
         kopf.warn(body, reason="CleanupFailed", message=f"artifacts kept: {outcome}")
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)
 def resync(namespace: str, name: str, memo: kopf.Memo, **_) -> None:
-    """A safety net: a reconcile that failed (an API error) is tried again. It reads what the
-    watches delivered, so an idle run costs no API call."""
+    """The resync (resync.py) as a kopf timer, for an operator with peering only: kopf pauses it
+    with the operator, at the cost of a finalizer on every run (kopf's, for its timers)."""
     _controller(memo).reconcile(namespace, name)
+
+
+def register_peering_resync() -> None:
+    kopf.timer(GROUP, VERSION, PLURAL, interval=RESYNC_SECONDS, idle=RESYNC_SECONDS)(resync)

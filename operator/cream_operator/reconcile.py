@@ -45,6 +45,10 @@ class Event:
     type: Literal["Normal", "Warning"]
     reason: str
     message: str
+    # The Job the event tells of, for the events a Job has once (started, succeeded, failed): the
+    # controller names such an event after the Job's uid and posts it before the status write, so
+    # an operator killed in between posts it again on restart and the API server refuses the copy.
+    job: str | None = None
 
 
 @dataclass
@@ -188,6 +192,14 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         stage = by_key[key].stage
         # A queued Job's startTime is when it was admitted (the Job controller sets it on resume).
         admitted = (old.admission_time if old else None) or (job.start_time if job.queue else None)
+        if old is None and job.state != "suspended" and not (job.state == "failed" and retry):
+            # A Job the status does not know: the operator died between creating it and writing
+            # the status. Its start is announced now, before whatever else it did meanwhile: once
+            # per Job (see Event.job); a queued one's as its admission (which can recur).
+            decision.events.append(
+                Event("Normal", "StageAdmitted", f"{key} admitted; running ({job.name})")
+                if job.queue else
+                Event("Normal", "StageStarted", f"{key} started ({job.name})", job=job.name))
         if job.state == "succeeded":
             if old is None or old.phase != "Succeeded":
                 start = (old.start_time if old else None) or job.start_time or now
@@ -199,7 +211,8 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                 seconds = _seconds(admitted or start, end)  # the stage's run, not its queueing
                 decision.finished.append((stage, seconds))
                 decision.events.append(Event("Normal", "StageSucceeded",
-                                             f"{key} succeeded in {seconds:.0f}s ({job.name})"))
+                                             f"{key} succeeded in {seconds:.0f}s ({job.name})",
+                                             job=job.name))
         elif job.state == "failed":
             if retry:
                 decision.delete.append(job.name)
@@ -214,7 +227,8 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                     message=job.message)
                 decision.failed.append(stage)
                 decision.events.append(Event("Warning", "StageFailed",
-                                             f"{key} failed: {job.message or 'no message'}"))
+                                             f"{key} failed: {job.message or 'no message'}",
+                                             job=job.name))
         elif job.state == "suspended":
             if old is None or old.phase != "Pending":  # new to us, or suspended again (evicted)
                 status_steps[key] = StepStatus(
@@ -280,7 +294,7 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                     key=step.key, stage=step.stage, iteration=step.iteration, phase="Running",
                     job=name, start_time=now)
                 decision.events.append(Event("Normal", "StageStarted",
-                                             f"{step.key} started ({name})"))
+                                             f"{step.key} started ({name})", job=name))
         phase, reason, message = _in_flight(status_steps.values())
 
     ordered = [status_steps[s.key] for s in steps if s.key in status_steps]

@@ -24,11 +24,11 @@ IN_RUN_NAMESPACES: list[Permission] = [
     *_each("cream.dev", "creamruns", {
         "get": "controller.Controller._get_run: get_namespaced_custom_object (after a 409, and "
                "for the cleanup of a deleted run)",
-        "list": "kopf's watch behind handlers.run_event and handlers.resync (a list, then a watch)",
-        "watch": "kopf's watch behind handlers.run_event and handlers.resync",
-        "patch": "kopf: the finalizer of its timer handlers.resync and of "
-                 "handlers.delete_artifacts, and its progress annotations "
-                 "(handlers.configure: AnnotationsProgressStorage)",
+        "list": "kopf's watch behind handlers.run_event (a list, then a watch)",
+        "watch": "kopf's watch behind handlers.run_event",
+        "patch": "kopf: the finalizer of handlers.delete_artifacts (cleanupPolicy Delete; with "
+                 "peering, every run's, for its timer handlers.resync), and its progress "
+                 "annotations (handlers.configure: AnnotationsProgressStorage)",
     }),
     *_each("cream.dev", "creamruns/status", {
         "patch": "controller.Controller._patch_status: patch_namespaced_custom_object_status",

@@ -121,7 +121,7 @@ def test_helm_install_runs_a_creamrun_and_the_dashboard_answers(
                       for r in prom.query("count by (namespace) (cream_consistency_rate)")}
         assert namespace in namespaces  # the dashboard's namespace variable
     finally:
-        # The run carries kopf's finalizer: delete it while the operator still runs.
+        # Deleted while the operator still runs, in case a run carries kopf's finalizer.
         kubectl("delete", "creamrun", "tiny", "-n", namespace, "--ignore-not-found",
                 "--timeout=60s", check=False)
         helm_run("uninstall", RELEASE, "--namespace", namespace, "--wait", check=False)

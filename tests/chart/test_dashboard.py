@@ -290,7 +290,7 @@ def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
         assert status()["phase"] == "Running"
     finally:
         grafana.stop()
-        # The run carries kopf's finalizer: delete it while the operator still runs.
+        # Deleted while the operator still runs, in case a run carries kopf's finalizer.
         kubectl("delete", "creamrun", "tiny", "-n", namespace, "--ignore-not-found",
                 "--timeout=60s", check=False)
         op.stop()

@@ -338,3 +338,55 @@ def test_a_job_the_api_server_refuses_fails_its_step_and_the_run_until_the_spec_
     # ...a changed one is.
     fixed = decide(_run(status=status, generation=2), [], LATER, CONFIG)
     assert [s.key for s in fixed.create] == [step.key]
+
+
+# -- crash recovery of events: a kill between creating a Job and writing the status --------------
+
+def _started(decision) -> list:
+    return [e for e in decision.events if e.reason == "StageStarted"]
+
+
+def test_a_job_the_status_does_not_know_is_announced_as_started_once_per_job():
+    first = decide(_run(), [], NOW, CONFIG)
+    name = first.status.steps[0].job
+    # The operator created the Job, then died before the status write: the status is empty.
+    job = JobView(name=name, key="iter-0/sft", state="active", start_time=NOW)
+    restarted = decide(_run(), [job], LATER, CONFIG)
+    assert restarted.create == []
+    assert restarted.status.steps[0].phase == "Running"
+    # The same event, of the same Job, as the decision that created it: the controller names
+    # both after the Job's uid, so the API server keeps one.
+    assert _started(restarted) == _started(first)
+    assert _started(first)[0].job == name
+    # Once the status knows the Job, nothing more is announced.
+    again = decide(_run(status=_dump(restarted)), [job], LATER, CONFIG)
+    assert again.events == []
+
+
+def test_a_job_that_ended_while_the_status_did_not_know_it_was_announced_first():
+    first = decide(_run(), [], NOW, CONFIG)
+    name = first.status.steps[0].job
+    for state, reason in (("succeeded", "StageSucceeded"), ("failed", "StageFailed")):
+        job = JobView(name=name, key="iter-0/sft", state=state, start_time=NOW,
+                      completion_time=LATER, metrics=StepMetrics() if state == "succeeded"
+                      else None, message=None if state == "succeeded" else "boom")
+        d = decide(_run(), [job], LATER, CONFIG)
+        assert [(e.reason, e.job) for e in d.events][:2] == [("StageStarted", name),
+                                                             (reason, name)]
+
+
+def test_events_a_job_can_have_more_than_once_are_not_tied_to_it():
+    """Waiting for admission recurs after an eviction: those events are never deduplicated."""
+    created = decide(_run(scheduling=QUEUED), [], NOW, CONFIG)
+    assert [(e.reason, e.job) for e in created.events] == [("WaitingForAdmission", None)]
+    name = created.status.steps[0].job
+    # A queued Job found suspended with no status (a crash) announces no start: it has not.
+    waiting = JobView(name=name, key="iter-0/sft", state="suspended", queue="gpu")
+    d = decide(_run(scheduling=QUEUED), [waiting], LATER, CONFIG)
+    assert [e.reason for e in d.events] == ["WaitingForAdmission"]
+    # Found running: admitted while the operator was down. A queued stage's start is its
+    # admission, never a StageStarted.
+    active = JobView(name=name, key="iter-0/sft", state="active", queue="gpu",
+                     start_time=ADMITTED)
+    d = decide(_run(scheduling=QUEUED), [active], LATER, CONFIG)
+    assert [(e.reason, e.job) for e in d.events] == [("StageAdmitted", None)]
