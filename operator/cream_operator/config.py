@@ -22,6 +22,11 @@ class OperatorConfig:
     # The port of multi-node training's rendezvous (torchrun --master_port on index 0's Pod).
     torchrun_port: int = 29500
     extra_env: dict[str, str] = field(default_factory=dict)
+    # What a CreamRun may name beyond the defaults above (policy.py; the chart's policy.* values):
+    # names, or prefixes ending in "*".
+    allowed_images: tuple[str, ...] = ()
+    allowed_service_accounts: tuple[str, ...] = ()
+    allowed_secrets: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> OperatorConfig:
@@ -39,4 +44,12 @@ class OperatorConfig:
             python=env.get("CREAM_STAGE_PYTHON", cls.python),
             torchrun_port=int(env.get("CREAM_TORCHRUN_PORT", cls.torchrun_port)),
             extra_env=extra,
+            allowed_images=_names(env.get("CREAM_ALLOWED_IMAGES", "")),
+            allowed_service_accounts=_names(env.get("CREAM_ALLOWED_SERVICE_ACCOUNTS", "")),
+            allowed_secrets=_names(env.get("CREAM_ALLOWED_SECRETS", "")),
         )
+
+
+def _names(value: str) -> tuple[str, ...]:
+    """A comma-separated list (no image reference, account or Secret name has a comma)."""
+    return tuple(n.strip() for n in value.split(",") if n.strip())

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from . import jobs, observe
+from . import jobs, observe, policy
 from .actionlog import action
 from .cache import JOB_UID_LABEL, WatchCache
 from .coalesce import Coalescer
@@ -352,6 +352,9 @@ class Controller:
         if not root:
             return "done"  # it never got to write anything
         spec = CreamRunSpec.model_validate(run["spec"])
+        refused = policy.refusals(spec, self.config)
+        if refused:  # its image, account or Secret: never with the operator's rights
+            return "failed: not allowed: " + "; ".join(refused)
         manifest = jobs.cleanup_job_manifest(run, spec, root, self.config)
         if self._ignore_conflict(
                 lambda: self.batch.create_namespaced_job(meta["namespace"], manifest)):

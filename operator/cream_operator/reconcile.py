@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from cream_stages.artifacts import join
 
-from . import pipeline
+from . import pipeline, policy
 from .config import OperatorConfig
 from .jobs import job_name
 from .spec import Condition, CreamRunSpec, CreamRunStatus, StepMetrics, StepStatus, problems_of
@@ -172,6 +172,14 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         decision = Decision(_finish(prev, generation, now, "Failed", "InvalidSpec", message))
         if prev.message != message or prev.observed_generation != generation:
             decision.events.append(Event("Warning", "InvalidSpec", message))
+        return decision
+    refused = policy.refusals(spec, config)
+    if refused:
+        # Before any Job: the operator would otherwise act with more rights than the run's author.
+        message = "not allowed: " + "; ".join(refused)
+        decision = Decision(_finish(prev, generation, now, "Failed", "NotAllowed", message))
+        if prev.message != message or prev.observed_generation != generation:
+            decision.events.append(Event("Warning", "NotAllowed", message))
         return decision
     root = artifact_root(meta, spec, config)
     if root is None:

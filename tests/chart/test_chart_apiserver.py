@@ -83,7 +83,8 @@ def test_rendered_chart_passes_the_api_servers_dry_run(tmp_path, kubectl, namesp
     accepted = [line for line in proc.stdout.splitlines() if line.endswith("(server dry run)")]
     assert len(accepted) == len(kinds), proc.stdout
     expected = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service",
-                "ServiceMonitor", "Secret", "ConfigMap", "Pod"}
+                "ServiceMonitor", "Secret", "ConfigMap", "Pod", "ValidatingAdmissionPolicy",
+                "ValidatingAdmissionPolicyBinding"}
     if mode == "namespaced":
         expected |= {"Role", "RoleBinding"}
         assert kinds.count("Role") == kinds.count("RoleBinding") == len(watched)

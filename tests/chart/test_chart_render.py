@@ -23,8 +23,10 @@ from chartkit import (
     template,
 )
 
+from cream_operator import policy
 from cream_operator.cli import build_parser
 from cream_operator.config import OperatorConfig
+from cream_operator.spec import CreamRunSpec
 
 FULLNAME = f"{RELEASE}-cream-operator"
 CRD = ROOT / "crds" / "cream.dev_creamruns.yaml"
@@ -95,6 +97,11 @@ def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
     {"s3": {"createSecret": True}},  # without keys
     {"serviceMonitor": {"interval": "soon"}},
     {"livenessProbe": {"httpGet": {"path": "/"}}},
+    {"policy": {"allowedImages": "registry.example/x:1"}},  # a list
+    {"policy": {"allowedImages": ["a.example/x:1,b.example/y:2"]}},  # one entry, one image
+    {"policy": {"allowedServiceAccounts": ["Trainer"]}},
+    {"policy": {"allowedSecrets": ["team s3"]}},
+    {"policy": {"allowedSecrets": ["team-s3"], "allowed": ["x"]}},
 ], ids=lambda v: yaml.safe_dump(v, default_flow_style=True).strip())
 def test_values_schema_rejects_bad_values(tmp_path, values):
     proc = template(tmp_path, values, check=False)
@@ -198,6 +205,10 @@ def test_values_reach_the_operator_as_its_configuration(tmp_path):
     assert config.storage_uri == "s3://cream/runs"
     assert config.s3_secret == "team-s3"
     assert config.extra_env == {"HF_HUB_OFFLINE": "1", "NCCL_DEBUG": "WARN"}
+    assert config.allowed_images == ("registry.example/cream/stages:2024.2",
+                                     "registry.example/team/*")
+    assert config.allowed_service_accounts == ("trainer",)
+    assert config.allowed_secrets == ("team-s3-readonly",)
     assert {"name": "FROM_FIELD", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}} \
         in container["env"]
     args = parse_operator_args(container)
@@ -296,3 +307,52 @@ def test_notes_say_how_to_apply_the_example_and_watch_runs(tmp_path):
     assert "kubectl apply -n team-a -f examples/tiny.yaml" in notes
     assert "kubectl get creamruns" in notes
     assert f"helm test {RELEASE}" in notes
+
+
+# --- what a CreamRun may name (no confused deputy) -----------------------------------------------
+
+def _policy_fields(vap: dict) -> list[str]:
+    return [v["messageExpression"].split(":", 1)[0].strip('"')
+            for v in vap["spec"]["validations"]]
+
+
+def test_the_admission_policy_checks_every_field_the_operator_checks(tmp_path):
+    vap = one(render(tmp_path), "ValidatingAdmissionPolicy")
+    assert vap["apiVersion"] == "admissionregistration.k8s.io/v1"
+    assert vap["spec"]["failurePolicy"] == "Fail"
+    (rule,) = vap["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["creamruns"] and rule["operations"] == ["CREATE", "UPDATE"]
+    everything = CreamRunSpec.model_validate({
+        **yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())["spec"],
+        "scheduling": {"image": "x:1", "serviceAccountName": "sa"},
+        "storage": {"secretName": "s"},
+        "resources": {st: {"image": "x:1"} for st in
+                      ("sft", "sample", "score", "consistency", "dpo", "evaluate")}})
+    checked = [m.split(":")[0] for m in policy.refusals(everything, OperatorConfig())]
+    assert _policy_fields(vap) == checked
+
+
+def test_the_admission_policy_lists_come_from_the_values_and_the_defaults(tmp_path):
+    vap = one(render(tmp_path, EVERYTHING), "ValidatingAdmissionPolicy")
+    variables = {v["name"]: v["expression"] for v in vap["spec"]["variables"]}
+    # CEL list literals (JSON's are CEL's): the defaults first, "*" entries as prefixes.
+    assert yaml.safe_load(variables["imageNames"]) == [
+        "registry.example/cream/stages:2024.1", "registry.example/cream/stages:2024.2"]
+    assert yaml.safe_load(variables["imagePrefixes"]) == ["registry.example/team/"]
+    assert yaml.safe_load(variables["serviceAccountNames"]) == ["default", "trainer"]
+    assert yaml.safe_load(variables["secretNames"]) == ["team-s3", "team-s3-readonly"]
+
+
+def test_the_binding_covers_the_watched_namespaces_and_can_be_left_out(tmp_path):
+    docs = render(tmp_path, {"watchNamespaces": ["team-a", "team-b"]})
+    binding = one(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == one(docs, "ValidatingAdmissionPolicy")[
+        "metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    # Cluster-wide: every namespace.
+    assert "matchResources" not in one(render(tmp_path), "ValidatingAdmissionPolicyBinding")["spec"]
+    off = render(tmp_path, {"policy": {"admissionPolicy": False}})
+    assert not of_kind(off, "ValidatingAdmissionPolicy")
+    assert not of_kind(off, "ValidatingAdmissionPolicyBinding")

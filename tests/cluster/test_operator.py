@@ -480,6 +480,24 @@ def test_a_job_the_api_server_refuses_fails_the_run_naming_the_field(
     assert "Traceback" not in operator.log_text()
 
 
+def test_a_run_naming_what_the_operator_may_not_use_fails_before_any_job(
+        k8s_api, kubectl, namespace, operator, wait_until):
+    """No confused deputy, where no admission policy refuses it first: the operator does not
+    create a Job with an image, ServiceAccount or Secret its configuration does not allow."""
+    doc = _tiny(scheduling={"image": "evil.example/miner:1",
+                            "serviceAccountName": "cluster-admin"})
+    doc["metadata"]["name"] = "deputy"
+    _apply(kubectl, namespace, doc)
+    status = _wait_phase(wait_until, k8s_api, namespace, "deputy", {"Failed", "Succeeded"},
+                         operator, timeout=120)
+    failed = next(c for c in status["conditions"] if c["type"] == "Failed")
+    assert failed["status"] == "True" and failed["reason"] == "NotAllowed"
+    assert "spec.scheduling.image: evil.example/miner:1 is not allowed" in failed["message"]
+    assert "spec.scheduling.serviceAccountName: cluster-admin is not allowed" in failed["message"]
+    assert _jobs(k8s_api, namespace) == []
+    assert any(e.reason == "NotAllowed" for e in _events(k8s_api, namespace, "deputy"))
+
+
 SMOLLM2 = ROOT / "examples" / "smollm2.yaml"
 
 
