@@ -21,7 +21,8 @@ from __future__ import annotations
 import threading
 from collections import deque
 
-from .jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN_UID
+from .jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN, LABEL_RUN_UID
+from .observe import failure_of_event
 
 RunKey = tuple[str, str]  # (namespace, name)
 JOB_UID_LABEL = "batch.kubernetes.io/controller-uid"  # the Job controller's label on its Pods
@@ -39,12 +40,14 @@ def job_projection(job: dict) -> dict:
             # the run it belongs to, and the Kueue LocalQueue it waits in (a suspended queued Job
             # is waiting for admission; its startTime is when it was admitted)
             "labels": {k: v for k, v in (meta.get("labels") or {}).items()
-                       if k in (LABEL_RUN_UID, KUEUE_QUEUE)},
+                       if k in (LABEL_RUN, LABEL_RUN_UID, KUEUE_QUEUE)},
             "annotations": {ANNOTATION_STEP: (meta.get("annotations") or {}).get(ANNOTATION_STEP)},
             **({"deletionTimestamp": meta["deletionTimestamp"]}
                if meta.get("deletionTimestamp") else {}),
         },
-        "spec": {"suspend": (job.get("spec") or {}).get("suspend")},
+        # the Pods it wants at once: fewer active, after a FailedCreate, is a Job that cannot
+        # create them (observe.creation_failure)
+        "spec": {k: (job.get("spec") or {}).get(k) for k in ("suspend", "parallelism")},
         "status": {k: status[k] for k in ("conditions", "startTime", "completionTime", "active")
                    if k in status},
     }
@@ -76,6 +79,8 @@ class WatchCache:
         self._seen: dict[RunKey, deque[str]] = {}
         self._jobs: dict[str, dict[str, dict]] = {}  # run uid -> Job name -> projection
         self._pods: dict[str, dict[str, dict]] = {}  # Job uid -> Pod name -> projection
+        # Job uid -> Event name -> (when, message) of the Job controller's FailedCreate events
+        self._failures: dict[str, dict[str, tuple[str, str]]] = {}
         # uids of Jobs we deleted whose DELETED event has not come: an older event of one of them
         # still on its way must not bring it back (a retried stage would fail again on it)
         self._deleted: set[str] = set()
@@ -130,6 +135,7 @@ class WatchCache:
             if run is not None:
                 for job in self._jobs.pop(run["metadata"].get("uid"), {}).values():
                     self._pods.pop(job["metadata"]["uid"], None)
+                    self._failures.pop(job["metadata"]["uid"], None)
 
     # -- jobs --------------------------------------------------------------------------------------
 
@@ -161,6 +167,7 @@ class WatchCache:
                 if held is not None and held["metadata"]["uid"] == meta.get("uid"):
                     del jobs[meta["name"]]
             self._pods.pop(meta.get("uid"), None)
+            self._failures.pop(meta.get("uid"), None)
 
     def jobs(self, run_uid: str) -> list[dict]:
         with self._lock:
@@ -199,3 +206,40 @@ class WatchCache:
         """A fresh LIST of one Job's Pods."""
         with self._lock:
             self._pods[job_uid] = {p["metadata"]["name"]: pod_projection(p) for p in pods}
+
+    # -- the Job controller's FailedCreate events -----------------------------------------------
+
+    def create_failure_seen(self, event: dict) -> RunKey | None:
+        """A FailedCreate Event of a Job (the watch selects only those). Returns the run of the
+        Job when it is one of ours, for a reconcile. Kept by the Job's uid even when the Job is
+        not known yet (a restart may deliver the Events first); the Event's own TTL (an hour by
+        default) ends it through its DELETED event, and so does its Job's."""
+        job_uid = (event.get("involvedObject") or {}).get("uid")
+        failure = failure_of_event(event)
+        if not job_uid or failure is None:
+            return None
+        with self._lock:
+            self._failures.setdefault(job_uid, {})[event["metadata"]["name"]] = failure
+            return self._run_of_job(job_uid)
+
+    def create_failure_gone(self, event: dict) -> None:
+        job_uid = (event.get("involvedObject") or {}).get("uid")
+        with self._lock:
+            failures = self._failures.get(job_uid)
+            if failures is not None:
+                failures.pop(event["metadata"]["name"], None)
+                if not failures:
+                    del self._failures[job_uid]
+
+    def create_failures(self, job_uid: str) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._failures.get(job_uid, {}).values())
+
+    def _run_of_job(self, job_uid: str) -> RunKey | None:
+        """A scan, not an index: FailedCreate events are rare."""
+        for jobs in self._jobs.values():
+            for job in jobs.values():
+                meta = job["metadata"]
+                if meta["uid"] == job_uid and meta["labels"].get(LABEL_RUN):
+                    return meta["namespace"], meta["labels"][LABEL_RUN]
+        return None

@@ -21,6 +21,11 @@ class OperatorConfig:
     python: str = "python"
     # The port of multi-node training's rendezvous (torchrun --master_port on index 0's Pod).
     torchrun_port: int = 29500
+    # The user and group every stage and cleanup Pod runs as: the stages image's (its Dockerfile's
+    # USER 10001:10001). The Pod Security Standard `restricted` wants runAsNonRoot, which the
+    # kubelet can only verify for a numeric user; None leaves it to the image's USER.
+    run_as_user: int | None = 10001
+    run_as_group: int | None = 10001
     extra_env: dict[str, str] = field(default_factory=dict)
     # What a CreamRun may name beyond the defaults above (policy.py; the chart's policy.* values):
     # names, or prefixes ending in "*".
@@ -43,6 +48,9 @@ class OperatorConfig:
             default_gpus=int(env.get("CREAM_DEFAULT_GPUS", cls.default_gpus)),
             python=env.get("CREAM_STAGE_PYTHON", cls.python),
             torchrun_port=int(env.get("CREAM_TORCHRUN_PORT", cls.torchrun_port)),
+            run_as_user=_optional_int(env, "CREAM_STAGE_RUN_AS_USER", cls.run_as_user),
+            run_as_group=_optional_int(env, "CREAM_STAGE_RUN_AS_GROUP", cls.run_as_group,
+                                       minimum=0),
             extra_env=extra,
             allowed_images=_names(env.get("CREAM_ALLOWED_IMAGES", "")),
             allowed_service_accounts=_names(env.get("CREAM_ALLOWED_SERVICE_ACCOUNTS", "")),
@@ -53,3 +61,21 @@ class OperatorConfig:
 def _names(value: str) -> tuple[str, ...]:
     """A comma-separated list (no image reference, account or Secret name has a comma)."""
     return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
+def _optional_int(env: dict[str, str], name: str, default: int | None,
+                  minimum: int = 1) -> int | None:
+    """A user (at least 1: runAsNonRoot refuses root) or group id; set but empty means none."""
+    value = env.get(name)
+    if value is None:
+        return default
+    if not value.strip():
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < minimum:
+        raise ValueError(f"{name}={value!r}: expected a number >= {minimum} (e.g. 10001), or "
+                         "empty for the image's own")
+    return number

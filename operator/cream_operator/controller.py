@@ -80,6 +80,13 @@ class Controller:
         else:
             self.cache.pod_seen(event["object"])
 
+    def create_failure_seen(self, event: dict) -> tuple[str, str] | None:
+        """A Job's FailedCreate event; returns the run to reconcile, when the Job is ours."""
+        if event.get("type") == "DELETED":
+            self.cache.create_failure_gone(event["object"])
+            return None
+        return self.cache.create_failure_seen(event["object"])
+
     # -- observe ---------------------------------------------------------------------------------
 
     def _get_run(self, namespace: str, name: str) -> dict | None:
@@ -123,8 +130,14 @@ class Controller:
                 continue  # a Job being deleted (a retried stage's) no longer counts
             uids[job_meta["name"]] = job_meta["uid"]
             key = (job_meta.get("annotations") or {}).get(jobs.ANNOTATION_STEP)
-            if key in finished or not observe.needs_pods(job):
+            if key in finished:
                 views.append(observe.job_view(job, []))
+                continue
+            if not observe.needs_pods(job):
+                # An active Job's Pods matter only after a FailedCreate (observe.creation_failure)
+                failures = self.cache.create_failures(job_meta["uid"])
+                pods = self.cache.pods(job_meta["uid"]) if failures else []
+                views.append(observe.job_view(job, pods, failures))
                 continue
             pods = self.cache.pods(job_meta["uid"])
             if not observe.has_ended_pod(job, pods):

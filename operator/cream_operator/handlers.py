@@ -19,6 +19,9 @@ from .spec import GROUP, PLURAL, VERSION
 
 log = logging.getLogger(__name__)
 
+EVENTS = ("", "v1", "events")
+FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
+
 RESYNC_SECONDS = 60.0
 # Threads for the sync handlers. A reconcile spends nearly all its time waiting on the API server,
 # so threads are how many API calls are in flight: with 8, a thousand runs queued for tens of
@@ -39,6 +42,9 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.execution.max_workers = WORKERS
+    # Of all Events, only the Job controller's "cannot create a Pod" ones, filtered by the API
+    # server: one quiet watch instead of a LIST per waiting Job.
+    settings.watching.field_selectors[EVENTS] = FAILED_CREATE
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
@@ -62,6 +68,15 @@ def job_event(event: dict, namespace: str, labels: dict, memo: kopf.Memo, **_) -
 def pod_event(event: dict, memo: kopf.Memo, **_) -> None:
     """Stage Pods' ends, for the termination messages; their Jobs' events drive the reconcile."""
     _controller(memo).pod_seen(event)
+
+
+@kopf.on.event(*EVENTS)
+def failed_create_event(event: dict, memo: kopf.Memo, **_) -> None:
+    """A Job that cannot create its Pods (admission, quota, a missing ServiceAccount): the Job
+    controller says so only in an Event on the Job; its status shows nothing."""
+    run = _controller(memo).create_failure_seen(event)
+    if run is not None:
+        _controller(memo).reconcile(*run)
 
 
 def _deletes_artifacts(spec, **_) -> bool:

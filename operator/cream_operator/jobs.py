@@ -6,6 +6,7 @@ model for `score`) keeps GPU quota free between stages and lets Kueue admit each
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -157,6 +158,21 @@ def _base_env(config: OperatorConfig) -> list[dict]:
     ]
 
 
+def pod_security_context(config: OperatorConfig) -> dict:
+    """Every stage and cleanup Pod meets the Pod Security Standard `restricted` (namespaces of
+    shared GPU clusters often enforce it, and refuse any other Pod): a non-root user (numeric, so
+    the kubelet can verify it), the runtime's default seccomp profile."""
+    ids = {"runAsUser": config.run_as_user, "runAsGroup": config.run_as_group}
+    return {"runAsNonRoot": True, **{k: v for k, v in ids.items() if v is not None},
+            "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+# `restricted`'s container half: no privilege escalation, every capability dropped. Its volume
+# rule holds too: stage Pods mount only emptyDirs (/tmp, /dev/shm) and the S3 Secret as env.
+CONTAINER_SECURITY_CONTEXT = {"allowPrivilegeEscalation": False,
+                              "capabilities": {"drop": ["ALL"]}}
+
+
 def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConfig) -> dict:
     name = job_name(run["metadata"]["name"], run["metadata"]["uid"], step)
     gpus = gpus_for(spec, step.stage, config)
@@ -186,10 +202,11 @@ def job_manifest(run: dict, spec: CreamRunSpec, step: Step, config: OperatorConf
             {"name": "tmp", "mountPath": "/tmp"},
             {"name": "dshm", "mountPath": "/dev/shm"},
         ],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
     }
     pod_spec: dict = {
         "restartPolicy": "Never",
+        "securityContext": pod_security_context(config),
         "containers": [container],
         "volumes": [
             {"name": "tmp", "emptyDir": {}},
@@ -307,8 +324,9 @@ def cleanup_job_manifest(run: dict, spec: CreamRunSpec, root: str, config: Opera
                     "envFrom": [{"secretRef": {"name": secret, "optional": True}}],
                     "env": _base_env(config),
                     "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-                    "securityContext": {"allowPrivilegeEscalation": False},
+                    "securityContext": copy.deepcopy(CONTAINER_SECURITY_CONTEXT),
                 }],
+                "securityContext": pod_security_context(config),
                 **({"serviceAccountName": spec.scheduling.service_account_name}
                    if spec.scheduling.service_account_name else {}),
             }},

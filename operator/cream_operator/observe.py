@@ -6,6 +6,7 @@ Pure functions over the API's JSON (camelCase dicts), tested without a cluster.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 
 from .jobs import ANNOTATION_STEP, KUEUE_QUEUE
 from .reconcile import JobView
@@ -67,7 +68,42 @@ def has_ended_pod(job: dict, pods: list[dict]) -> bool:
     return phase is None or _newest(pods, phase) is not None
 
 
-def job_view(job: dict, pods: list[dict]) -> JobView:
+def _when(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp)
+
+
+def failure_of_event(event: dict) -> tuple[str, str] | None:
+    """(when, message) of a core v1 Event: the Job controller's FailedCreate on a Job says when
+    it last failed to create a Pod, and the API server's words why (admission, quota, a missing
+    ServiceAccount or Secret). Aggregated events move lastTimestamp (legacy recorder) or
+    series.lastObservedTime (events.k8s.io recorder) on each repeat."""
+    when = (event.get("lastTimestamp") or (event.get("series") or {}).get("lastObservedTime")
+            or event.get("eventTime") or event.get("firstTimestamp")
+            or (event.get("metadata") or {}).get("creationTimestamp"))
+    if not when:
+        return None
+    return when, (event.get("message") or "").strip()
+
+
+def creation_failure(job: dict, pods: list[dict], failures: list[tuple[str, str]]) -> str | None:
+    """Why an active Job cannot create its Pods, or None: it has fewer Pods than it wants and
+    its newest FailedCreate is newer than its newest Pod (a Pod made since means creating works
+    again, e.g. the missing ServiceAccount was created or quota freed)."""
+    if not failures or job_state(job) != "active":
+        return None
+    wanted = (job.get("spec") or {}).get("parallelism") or 1
+    if ((job.get("status") or {}).get("active") or 0) >= wanted:
+        return None
+    when, message = max(failures, key=lambda f: _when(f[0]))
+    made = [p["metadata"]["creationTimestamp"] for p in pods
+            if p["metadata"].get("creationTimestamp")]
+    if made and max(_when(m) for m in made) >= _when(when):
+        return None
+    return message or "FailedCreate (no message)"
+
+
+def job_view(job: dict, pods: list[dict],
+             failures: list[tuple[str, str]] | None = None) -> JobView:
     meta = job["metadata"]
     status = job.get("status") or {}
     state = job_state(job)
@@ -96,4 +132,5 @@ def job_view(job: dict, pods: list[dict]) -> JobView:
         or ((_condition(job, "Failed") or {}).get("lastTransitionTime")),
         message=message,
         metrics=metrics,
+        create_failure=creation_failure(job, pods, failures or []),
     )

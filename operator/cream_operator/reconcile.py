@@ -38,6 +38,8 @@ class JobView:
     completion_time: str | None = None
     message: str | None = None  # why it failed (the stage's termination message when it left one)
     metrics: StepMetrics | None = None  # a succeeded stage's metrics, from its termination message
+    # An active Job that cannot create its Pods: the Job controller's FailedCreate message.
+    create_failure: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,9 @@ def _seconds(start: str | None, end: str | None) -> float:
     if not start or not end:
         return 0.0
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+CANNOT_CREATE_PODS = "cannot create its Pods"
 
 
 def waiting_message(queue: str | None) -> str:
@@ -121,16 +126,57 @@ def _finish(prev: CreamRunStatus, generation: int | None, now: str, phase: str, 
 def _in_flight(steps) -> tuple[str, str, str]:
     """Phase, reason and message of a run with stages started: Pending while every one of them
     waits for admission, Running as soon as one runs."""
-    running = sorted(s.key for s in steps if s.phase == "Running")
-    waiting = [s for s in steps if s.phase == "Pending"]
+    running = sorted(s.key for s in steps if s.phase == "Running" and not _blocked(s))
+    waiting = [s for s in steps if s.phase == "Pending" or _blocked(s)]
     waits = "; ".join(f"{s.key} {s.message or waiting_message(None)}"
                       for s in sorted(waiting, key=lambda s: s.key))
     if running:
         return "Running", "StagesRunning", \
             f"running {', '.join(running)}" + (f"; {waits}" if waits else "")
+    if any(_blocked(s) for s in waiting):
+        return "Pending", "PodCreationFailed", waits
     if waiting:
         return "Pending", "WaitingForAdmission", waits
     return "Running", "StagesRunning", "running "
+
+
+def _pods_created(decision: Decision, status_steps: dict[str, StepStatus], key: str,
+                  job: JobView) -> None:
+    """A running step's Job that cannot create its Pods keeps running (the Job controller tries
+    again, with backoff, and succeeds once the cause is fixed: quota freed, the ServiceAccount
+    or Secret created, the namespace's policy met), with the Job controller's words as the
+    step's message. Told by an event when it starts and when it ends."""
+    step = status_steps[key]
+    message = f"{CANNOT_CREATE_PODS}: {job.create_failure}" if job.create_failure else None
+    if message == step.message:
+        return
+    if message and not step.message:
+        decision.events.append(Event("Warning", "PodCreationFailed",
+                                     f"{key}: its Job {job.name} {message}"))
+    elif step.message and not message:
+        decision.events.append(Event("Normal", "PodsCreated",
+                                     f"{key}: its Job {job.name} created its Pods"))
+    status_steps[key] = step.model_copy(update={"message": message})
+
+
+def _pod_creation_condition(conditions: list[Condition], steps, now: str,
+                            generation: int | None) -> list[Condition]:
+    """PodCreationFailed: True while some running stage's Job cannot create its Pods; there
+    from the first time that happens, False once none is blocked."""
+    blocked = sorted((s for s in steps if _blocked(s)), key=lambda s: s.key)
+    if blocked:
+        return set_condition(conditions, "PodCreationFailed", True, "FailedCreate",
+                             "; ".join(f"{s.key}: {s.message}" for s in blocked), now,
+                             generation)
+    if any(c.type == "PodCreationFailed" for c in conditions):
+        return set_condition(conditions, "PodCreationFailed", False, "PodsCreated", "", now,
+                             generation)
+    return conditions
+
+
+def _blocked(step: StepStatus) -> bool:
+    """A running step carries a message only while its Job cannot create its Pods."""
+    return step.phase == "Running" and bool(step.message)
 
 
 def rejected(decision: Decision, refusals: list[tuple[str, str]], now: str,
@@ -245,17 +291,20 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                     message=waiting_message(job.queue))
                 decision.events.append(Event("Normal", "WaitingForAdmission",
                                              f"{key} is {waiting_message(job.queue)} ({job.name})"))
-        elif old is None or old.phase == "Pending":
-            admitted = (job.start_time or now) if job.queue else None
-            status_steps[key] = StepStatus(
-                key=key, stage=stage, iteration=by_key[key].iteration, phase="Running",
-                job=job.name, start_time=(old.start_time if old else None) or job.start_time or now,
-                admission_time=admitted)
-            if old is not None:
-                waited = _seconds(old.start_time, admitted)
-                decision.events.append(Event(
-                    "Normal", "StageAdmitted",
-                    f"{key} admitted after {waited:.0f}s waiting; running ({job.name})"))
+        else:
+            if old is None or old.phase == "Pending":
+                admitted = (job.start_time or now) if job.queue else None
+                status_steps[key] = StepStatus(
+                    key=key, stage=stage, iteration=by_key[key].iteration, phase="Running",
+                    job=job.name,
+                    start_time=(old.start_time if old else None) or job.start_time or now,
+                    admission_time=admitted)
+                if old is not None:
+                    waited = _seconds(old.start_time, admitted)
+                    decision.events.append(Event(
+                        "Normal", "StageAdmitted",
+                        f"{key} admitted after {waited:.0f}s waiting; running ({job.name})"))
+            _pods_created(decision, status_steps, key, job)
 
     # A step recorded as running or failed whose Job is gone (deleted by hand) starts again:
     # its stage is a no-op if it had committed its manifest.
@@ -323,4 +372,6 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         results=results,
         steps=ordered,
     )
+    decision.status = decision.status.model_copy(update={"conditions": _pod_creation_condition(
+        decision.status.conditions, ordered, now, generation)})
     return decision

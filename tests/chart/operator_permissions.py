@@ -54,6 +54,9 @@ IN_RUN_NAMESPACES: list[Permission] = [
     *_each("", "events", {
         "create": "controller.Controller._event: create_namespaced_event; kopf posts its own "
                   "(settings.posting, kopf.warn in handlers.delete_artifacts) as core v1 Events",
+        "list": "kopf's watch behind handlers.failed_create_event (the Job controller's "
+                "FailedCreate Events only: handlers.FAILED_CREATE as a field selector)",
+        "watch": "kopf's watch behind handlers.failed_create_event",
     }),
 ]
 

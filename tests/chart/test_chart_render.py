@@ -92,6 +92,8 @@ def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
     {"watchNamespaces": ["Team_A"]},
     {"ports": {"metrics": 80}},  # a non-root container cannot bind it
     {"stages": {"defaultGpus": -1}},
+    {"stages": {"runAsUser": 0}},  # root: runAsNonRoot refuses every stage Pod
+    {"stages": {"runAsUser": "cream"}},  # runAsNonRoot can verify only a number
     {"stages": {"extraEnv": {"bad-name": "x"}}},
     {"stages": {"extraEnv": {"N": 1}}},
     {"s3": {"createSecret": True}},  # without keys
@@ -202,6 +204,7 @@ def test_values_reach_the_operator_as_its_configuration(tmp_path):
     assert config.image_pull_policy == "Always"
     assert config.default_gpus == 8
     assert config.python == "python3"
+    assert (config.run_as_user, config.run_as_group) == (2000, 2000)
     assert config.storage_uri == "s3://cream/runs"
     assert config.s3_secret == "team-s3"
     assert config.extra_env == {"HF_HUB_OFFLINE": "1", "NCCL_DEBUG": "WARN"}

@@ -4,6 +4,7 @@ to the real S3 server."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -37,6 +38,28 @@ def crd(kubectl):
     kubectl("wait", "--for=condition=Established", "--timeout=60s",
             f"crd/{PLURAL}.{GROUP}")
     return f"{PLURAL}.{GROUP}"
+
+
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted",
+              "pod-security.kubernetes.io/enforce-version": "latest"}
+
+
+@pytest.fixture
+def namespace(namespace_factory, k8s_api):
+    """Every run here is in a namespace enforcing the Pod Security Standard `restricted`, as
+    shared GPU clusters' often are: a stage or cleanup Pod that did not meet it would never be
+    created. Checked live: the API server refuses a Pod that does not meet it."""
+    name = namespace_factory()
+    core = client.CoreV1Api(k8s_api)
+    core.patch_namespace(name, {"metadata": {"labels": RESTRICTED}})
+    plain = {"metadata": {"name": "plain"},
+             "spec": {"containers": [{"name": "c", "image": "x", "command": ["true"]}]}}
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(name, plain, dry_run="All")
+    assert refused.value.status == 403 and "violates PodSecurity" in refused.value.body
+    yield name
+    with contextlib.suppress(client.ApiException):
+        namespace_factory.delete(name)
 
 
 @pytest.fixture
@@ -496,6 +519,63 @@ def test_a_run_naming_what_the_operator_may_not_use_fails_before_any_job(
     assert "spec.scheduling.serviceAccountName: cluster-admin is not allowed" in failed["message"]
     assert _jobs(k8s_api, namespace) == []
     assert any(e.reason == "NotAllowed" for e in _events(k8s_api, namespace, "deputy"))
+
+
+@pytest.fixture
+def operator_allowing_trainer(crd, kube_env, namespace, bucket, s3_secret, tmp_path):
+    """An operator whose installer allowed the ServiceAccount `trainer` (policy.py)."""
+    env = {**kube_env, "CREAM_ALLOWED_SERVICE_ACCOUNTS": "trainer"}
+    op = OperatorProcess(env, namespace, tmp_path, f"s3://{bucket}/runs").start()
+    yield op
+    op.stop()
+
+
+def test_a_stage_whose_pods_cannot_be_created_says_why_within_seconds_and_recovers(
+        k8s_api, kubectl, namespace, operator_allowing_trainer, wait_until):
+    """A Job whose Pods the API server refuses (here: spec.scheduling names a ServiceAccount not
+    there yet) shows only as the Job controller's FailedCreate Event on the Job. The run says so
+    within seconds, as a condition and a Warning event in the API server's words, and goes on by
+    itself once the cause is fixed: the Job controller tries again."""
+    doc = _tiny(iterations=1, scheduling={"serviceAccountName": "trainer"},
+                evaluation={"tasks": [], "baseline": False})
+    doc["metadata"]["name"] = "no-sa"
+    _apply(kubectl, namespace, doc)
+    applied = time.monotonic()
+
+    def failing():
+        status = _status(k8s_api, namespace, "no-sa")
+        cond = next((c for c in status.get("conditions") or []
+                     if c["type"] == "PodCreationFailed"), None)
+        return (status, cond) if cond and cond["status"] == "True" else None
+
+    status, cond = wait_until(failing, 30, "the PodCreationFailed condition", interval=0.2)
+    seconds = time.monotonic() - applied
+    assert cond["reason"] == "FailedCreate"
+    assert 'serviceaccount "trainer" not found' in cond["message"], cond
+    assert cond["message"].startswith("iter-0/sft: cannot create its Pods")
+    assert status["phase"] == "Pending", status
+    progressing = next(c for c in status["conditions"] if c["type"] == "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("False", "PodCreationFailed")
+    warning = wait_until(lambda: [e for e in _events(k8s_api, namespace, "no-sa")
+                                  if e.reason == "PodCreationFailed"], 10, "the Warning event")
+    assert warning[0].type == "Warning" and "trainer" in warning[0].message
+    assert seconds < 20, f"told after {seconds:.0f}s"
+
+    # The fix: the ServiceAccount. The Job controller's next try creates the Pod.
+    client.CoreV1Api(k8s_api).create_namespaced_service_account(
+        namespace, {"metadata": {"name": "trainer"}})
+
+    def recovered():
+        status = _status(k8s_api, namespace, "no-sa")
+        cond = next(c for c in status["conditions"] if c["type"] == "PodCreationFailed")
+        return status if cond["status"] == "False" else None
+
+    status = wait_until(recovered, 120, "the run to recover", interval=0.5)
+    assert status["phase"] in ("Running", "Succeeded"), status
+    wait_until(lambda: any(e.reason == "PodsCreated"
+                           for e in _events(k8s_api, namespace, "no-sa")), 10,
+               "the PodsCreated event")
+    assert "Traceback" not in operator_allowing_trainer.log_text()
 
 
 SMOLLM2 = ROOT / "examples" / "smollm2.yaml"

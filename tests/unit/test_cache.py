@@ -4,7 +4,7 @@ reconcile reads, and the Jobs it sees."""
 import json
 
 from cream_operator.cache import JOB_UID_LABEL, WatchCache, job_projection
-from cream_operator.jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN_UID
+from cream_operator.jobs import ANNOTATION_STEP, KUEUE_QUEUE, LABEL_RUN, LABEL_RUN_UID
 from cream_operator.observe import has_ended_pod, job_view
 
 
@@ -156,3 +156,23 @@ def test_a_finished_jobs_metrics_come_from_its_pod_in_the_cache():
     assert cache.pods("u-b") == []
     cache.replace_pods("u-b", [_pod("p2", "u-b", message=msg)])
     assert [p["metadata"]["name"] for p in cache.pods("u-b")] == ["p2"]
+
+
+def test_a_jobs_failed_create_events_are_kept_by_job_and_name_its_run():
+    cache = WatchCache()
+    event = {"metadata": {"name": "a.17f"}, "involvedObject": {"kind": "Job", "uid": "u-a"},
+             "reason": "FailedCreate", "message": "quota", "lastTimestamp": "2026-11-23T10:00:01Z"}
+    # Before its Job is known (a restart delivered the Event first): kept, no run to reconcile.
+    assert cache.create_failure_seen(event) is None
+    assert cache.create_failures("u-a") == [("2026-11-23T10:00:01Z", "quota")]
+    job = _job("a", "u-a")
+    job["metadata"]["labels"][LABEL_RUN] = "tiny"
+    cache.job_seen(job)
+    again = {**event, "lastTimestamp": "2026-11-23T10:00:05Z"}  # the same Event, repeated
+    assert cache.create_failure_seen(again) == ("ml", "tiny")
+    assert cache.create_failures("u-a") == [("2026-11-23T10:00:05Z", "quota")]
+    cache.create_failure_gone(event)  # its TTL ran out
+    assert cache.create_failures("u-a") == []
+    cache.create_failure_seen(event)
+    cache.job_gone(job)
+    assert cache.create_failures("u-a") == []

@@ -4,6 +4,7 @@ import copy
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from cream_operator import jobs, pipeline, specfile
@@ -226,3 +227,85 @@ def test_tensor_parallel_makes_engines_of_gpu_groups():
     job = jobs.job_manifest(RUN, spec, steps["iter-1/sample"], CONFIG)
     limits = job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "8"  # the Pod still asks for all of them
+
+
+# The Pod Security Standard `restricted` (kubernetes.io/docs/concepts/security/
+# pod-security-standards), as the API server's PodSecurity admission checks a Pod template.
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                   "persistentVolumeClaim", "projected", "secret"}
+
+
+def _restricted_violations(pod: dict) -> list[str]:
+    found = []
+    pod_sc = pod.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            found.append(key)
+    for vol in pod.get("volumes") or []:
+        kinds = set(vol) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            found.append(f"volume {vol['name']}: {sorted(kinds)}")
+    if (pod_sc.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        found.append("seccompProfile")
+    if pod_sc.get("runAsUser") == 0:
+        found.append("runAsUser 0")
+    for c in pod["containers"] + (pod.get("initContainers") or []):
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            found.append(f"{c['name']}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []) or set(caps.get("add") or []) - {
+                "NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities")
+        if not sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")):
+            found.append(f"{c['name']}: runAsNonRoot")
+        if sc.get("runAsUser") == 0:
+            found.append(f"{c['name']}: runAsUser 0")
+        if any(p.get("hostPort") for p in c.get("ports") or []):
+            found.append(f"{c['name']}: hostPort")
+    return found
+
+
+def test_every_pod_the_operator_makes_meets_the_restricted_pod_security_standard():
+    doc = copy.deepcopy(BIG)
+    doc["spec"]["resources"]["sft"]["nodes"] = 2  # torchrun across an Indexed Job
+    doc["spec"]["resources"]["sample"]["nodes"] = 2
+    spec, steps = _steps(doc)
+    tiny, tiny_steps = _steps(TINY)
+    manifests = [jobs.job_manifest(RUN, spec, s, CONFIG) for s in steps.values()]
+    manifests += [jobs.job_manifest(RUN, tiny, s, CONFIG) for s in tiny_steps.values()]
+    manifests.append(jobs.cleanup_job_manifest(RUN, spec, "s3://b/runs/ml/tiny/0b1e-uid",
+                                               CONFIG))
+    for job in manifests:
+        pod = job["spec"]["template"]["spec"]
+        assert _restricted_violations(pod) == [], job["metadata"]["name"]
+        # The stages image's user (images/stages/Dockerfile: USER 10001:10001).
+        assert (pod["securityContext"]["runAsUser"],
+                pod["securityContext"]["runAsGroup"]) == (10001, 10001)
+    # /dev/shm for NCCL and dataloaders stays: a memory-backed emptyDir is an allowed volume.
+    sft = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], CONFIG)["spec"]["template"]["spec"]
+    assert {"name": "dshm", "emptyDir": {"medium": "Memory"}} in sft["volumes"]
+
+
+def test_the_stage_user_is_the_operators_setting():
+    spec, steps = _steps(TINY)
+    other = OperatorConfig.from_env({"CREAM_STAGE_RUN_AS_USER": "2000",
+                                     "CREAM_STAGE_RUN_AS_GROUP": "0"})
+    pod = jobs.job_manifest(RUN, spec, steps["iter-0/sft"], other)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsUser"] == 2000
+    assert pod["securityContext"]["runAsGroup"] == 0
+    # Empty: the image's own USER, which runAsNonRoot still has the kubelet verify.
+    image = OperatorConfig.from_env({"CREAM_STAGE_RUN_AS_USER": "",
+                                     "CREAM_STAGE_RUN_AS_GROUP": ""})
+    cleanup = jobs.cleanup_job_manifest(RUN, spec, "s3://b/r", image)["spec"]["template"]["spec"]
+    assert cleanup["securityContext"] == {"runAsNonRoot": True,
+                                          "seccompProfile": {"type": "RuntimeDefault"}}
+    assert _restricted_violations(cleanup) == []
+
+
+def test_a_root_or_unparsable_stage_user_is_refused_naming_the_variable():
+    for value in ("0", "cream", "-1"):
+        with pytest.raises(ValueError, match=r"CREAM_STAGE_RUN_AS_USER=.*10001"):
+            OperatorConfig.from_env({"CREAM_STAGE_RUN_AS_USER": value})

@@ -3,7 +3,7 @@
 import json
 
 from cream_operator.jobs import ANNOTATION_STEP
-from cream_operator.observe import job_state, job_view
+from cream_operator.observe import creation_failure, failure_of_event, job_state, job_view
 
 
 def _job(conditions=(), suspend=False, active=0):
@@ -68,3 +68,51 @@ def test_a_queued_job_names_its_queue():
     view = job_view(job, [])
     assert (view.state, view.queue) == ("suspended", "gpu")
     assert job_view(_job(active=1), []).queue is None
+
+
+def _waiting_job(active=0, parallelism=None):
+    job = _job(active=active)
+    if parallelism:
+        job["spec"]["parallelism"] = parallelism
+    return job
+
+
+FORBIDDEN = ('Error creating: pods "tiny-ab12c-1-dpo-x7k2p" is forbidden: error looking up '
+             'service account ml/trainer: serviceaccount "trainer" not found')
+
+
+def test_a_job_that_cannot_create_its_pods_says_why_until_one_is_made():
+    event = {"metadata": {"name": "tiny-ab12c-1-dpo.1"}, "reason": "FailedCreate",
+             "message": FORBIDDEN, "firstTimestamp": "2026-11-23T10:00:01Z",
+             "lastTimestamp": "2026-11-23T10:00:09Z"}
+    failure = failure_of_event(event)
+    assert failure == ("2026-11-23T10:00:09Z", FORBIDDEN)
+    assert job_view(_waiting_job(), [], [failure]).create_failure == FORBIDDEN
+    # A Pod made after the last failure: creating works again (the ServiceAccount exists now).
+    later = _pod("Running", created="2026-11-23T10:00:30Z")
+    assert creation_failure(_waiting_job(), [later], [failure]) is None
+    # A Pod older than the failure (a retry after a crash cannot be created): still blocked.
+    earlier = _pod("Failed", created="2026-11-23T09:59:00Z")
+    assert creation_failure(_waiting_job(), [earlier], [failure]) == FORBIDDEN
+    # As many Pods as it wants, or finished, or no failure at all: nothing to say.
+    assert creation_failure(_waiting_job(active=1), [], [failure]) is None
+    assert creation_failure(_job([{"type": "Complete", "status": "True"}]), [], [failure]) \
+        is None
+    assert creation_failure(_waiting_job(), [], []) is None
+    # An Indexed Job of two Pods with one made: the other cannot be.
+    assert creation_failure(_waiting_job(active=1, parallelism=2), [earlier], [failure]) \
+        == FORBIDDEN
+
+
+def test_the_newest_failure_counts_whatever_recorder_posted_it():
+    old = failure_of_event({"metadata": {"name": "a"}, "message": "quota exceeded",
+                            "lastTimestamp": "2026-11-23T10:00:01Z"})
+    # events.k8s.io recorders leave lastTimestamp empty: their series says when.
+    new = failure_of_event({"metadata": {"name": "b"}, "message": "violates PodSecurity",
+                            "eventTime": "2026-11-23T10:00:02.000000Z",
+                            "series": {"count": 3,
+                                       "lastObservedTime": "2026-11-23T10:00:20.123456Z"}})
+    assert new == ("2026-11-23T10:00:20.123456Z", "violates PodSecurity")
+    pod = _pod("Failed", created="2026-11-23T10:00:10Z")
+    assert creation_failure(_waiting_job(), [pod], [old, new]) == "violates PodSecurity"
+    assert creation_failure(_waiting_job(), [pod], [old]) is None

@@ -390,3 +390,68 @@ def test_events_a_job_can_have_more_than_once_are_not_tied_to_it():
                      start_time=ADMITTED)
     d = decide(_run(scheduling=QUEUED), [active], LATER, CONFIG)
     assert [(e.reason, e.job) for e in d.events] == [("StageAdmitted", None)]
+
+
+NO_SA = ('Error creating: pods "tiny-x" is forbidden: error looking up service account '
+         'ml/trainer: serviceaccount "trainer" not found')
+
+
+def test_a_stage_whose_pods_cannot_be_created_says_why_and_recovers_by_itself():
+    created = decide(_run(), [], NOW, CONFIG)
+    name = created.status.steps[0].job
+    blocked = JobView(name=name, key="iter-0/sft", state="active", start_time=NOW,
+                      create_failure=NO_SA)
+    d = decide(_run(status=_dump(created)), [blocked], LATER, CONFIG)
+    step = d.status.steps[0]
+    # Still the Job's step (the Job controller keeps trying), with its words as the reason.
+    assert (step.phase, step.job) == ("Running", name) and d.create == []
+    assert step.message == f"cannot create its Pods: {NO_SA}"
+    # Nothing runs: the run is Pending, not progressing, and a condition says why.
+    assert d.status.phase == "Pending"
+    assert d.status.message == f"iter-0/sft cannot create its Pods: {NO_SA}"
+    conds = {c.type: c for c in d.status.conditions}
+    assert (conds["Progressing"].status, conds["Progressing"].reason) == \
+        ("False", "PodCreationFailed")
+    failing = conds["PodCreationFailed"]
+    assert (failing.status, failing.reason) == ("True", "FailedCreate")
+    assert failing.message == f"iter-0/sft: cannot create its Pods: {NO_SA}"
+    assert [(e.type, e.reason) for e in d.events] == [("Warning", "PodCreationFailed")]
+    assert d.events[0].message == f"iter-0/sft: its Job {name} cannot create its Pods: {NO_SA}"
+
+    # The Job controller's next try fails again, in other words: the status follows, no event.
+    again = JobView(name=name, key="iter-0/sft", state="active", start_time=NOW,
+                    create_failure="exceeded quota: pods")
+    d2 = decide(_run(status=_dump(d)), [again], LATER, CONFIG)
+    assert d2.events == [] and "exceeded quota" in d2.status.steps[0].message
+    assert d2.status.phase == "Pending"
+
+    # The ServiceAccount is created; the Job's Pod with it: Running, and the condition False.
+    running = JobView(name=name, key="iter-0/sft", state="active", start_time=NOW)
+    d3 = decide(_run(status=_dump(d2)), [running], LATER, CONFIG)
+    assert d3.status.steps[0].message is None
+    assert (d3.status.phase, d3.status.message) == ("Running", "running iter-0/sft")
+    conds = {c.type: c for c in d3.status.conditions}
+    assert (conds["PodCreationFailed"].status, conds["PodCreationFailed"].reason) == \
+        ("False", "PodsCreated")
+    assert conds["Progressing"].status == "True"
+    assert [(e.type, e.reason) for e in d3.events] == [("Normal", "PodsCreated")]
+    # A run that never had the problem has no such condition.
+    assert "PodCreationFailed" not in {c.type for c in created.status.conditions}
+
+
+def test_one_stage_blocked_beside_one_running_keeps_the_run_running_and_says_so():
+    done = ["iter-0/sft", "iter-0/evaluate", "iter-1/sample"]
+    steps = [{"key": k, "stage": k.split("/")[1], "iteration": int(k[5]), "phase": "Succeeded",
+              "job": f"j{i}", "metrics": {}} for i, k in enumerate(done)]
+    d = decide(_run(status={"phase": "Running", "steps": steps}), [], NOW, CONFIG)
+    names = {s.key: s.job for s in d.status.steps}
+    jobs = [JobView(name=names["iter-1/score-m0"], key="iter-1/score-m0", state="active"),
+            JobView(name=names["iter-1/score-m1"], key="iter-1/score-m1", state="active",
+                    create_failure="exceeded quota: pods")]
+    d = decide(_run(status=_dump(d)), jobs, LATER, CONFIG)
+    assert d.status.phase == "Running"
+    assert d.status.message == ("running iter-1/score-m0; iter-1/score-m1 cannot create its "
+                                "Pods: exceeded quota: pods")
+    conds = {c.type: c for c in d.status.conditions}
+    assert conds["PodCreationFailed"].status == "True"
+    assert conds["PodCreationFailed"].message.startswith("iter-1/score-m1: ")
