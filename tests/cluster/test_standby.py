@@ -86,8 +86,9 @@ def test_the_standby_takes_over_from_a_killed_leader_within_the_lease_bound(
     wait_until(lambda: _holder(k8s_api, namespace) == "op-a", 30, "op-a to lead")
     b = replicas("op-b").start()  # its health endpoint answers while it stands by
 
-    doc = _tiny(iterations=1, data={"prompts": ["builtin://data/prompts-1.jsonl"]},
-                model={**_tiny()["spec"]["model"], "sft": "builtin://tiny-llama"},
+    # One iteration of the tiny run without evaluation: SFT, sample, score, consistency, DPO.
+    doc = _tiny(iterations=1, data={**_tiny()["spec"]["data"],
+                                    "prompts": ["builtin://data/prompts-1.jsonl"]},
                 evaluation={"tasks": [], "baseline": False})
     doc["metadata"]["name"] = "standby"
     _apply(kubectl, namespace, doc)
