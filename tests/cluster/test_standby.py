@@ -147,3 +147,20 @@ def test_a_leader_whose_lease_is_taken_exits_at_once(
     assert time.monotonic() - taken <= 2 * float(SETTINGS["CREAM_LEASE_RETRY_PERIOD_SECONDS"])
     assert a.proc.returncode == LOST_EXIT_CODE
     assert "leader lost reason=Lease held by someone-else" in a.log_text()
+
+
+def test_a_leader_stopped_cleanly_hands_the_lease_over_at_once(
+        k8s_api, namespace, replicas, wait_until):
+    """An upgrade or a drain stops the leader with SIGTERM: it releases the Lease, so the standby
+    takes over at its next look instead of waiting for the lease to expire."""
+    a = replicas("op-a").start()
+    wait_until(lambda: _holder(k8s_api, namespace) == "op-a", 30, "op-a to lead")
+    replicas("op-b").start()
+    a.stop()
+    assert a.proc.returncode == 0, a.log_text()[-3000:]
+    stopped = time.monotonic()
+    wait_until(lambda: _holder(k8s_api, namespace) == "op-b", 30, "op-b to lead")
+    retry = float(SETTINGS["CREAM_LEASE_RETRY_PERIOD_SECONDS"])
+    # One look of the standby (and its write), far less than the 8 s lease.
+    assert time.monotonic() - stopped <= 2 * retry + 0.5
+    assert "leader released" in a.log_text()
