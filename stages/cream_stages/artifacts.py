@@ -23,6 +23,11 @@ class ArtifactError(RuntimeError):
     """An input artifact is missing or malformed; the message names the URI and what is wrong."""
 
 
+class StorageUnavailable(RuntimeError):
+    """S3 failed on its side (5xx) after every retry: no fault of the input, so the stage exits
+    as failed (its Job retries it), not as bad input (which fails the run at once)."""
+
+
 def is_s3(uri: str) -> bool:
     return uri.startswith("s3://")
 
@@ -51,11 +56,21 @@ def _s3_client():
     default = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
     style = os.environ.get("CREAM_S3_ADDRESSING_STYLE", default)
     return boto3.client("s3", config=Config(s3={"addressing_style": style},
-                                            retries={"max_attempts": 5, "mode": "standard"}))
+                                            retries={"max_attempts": S3_ATTEMPTS,
+                                                     "mode": "standard"}))
 
 
-def _s3_error(uri: str, exc: Exception) -> ArtifactError:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+# Attempts of each S3 call. boto3's standard mode retries connection errors and 5xx with a
+# backoff doubling from up to 1 s, capped at 20 s: 10 attempts ride out about a minute of S3
+# being away (a restart, a failover) before the stage's attempt fails; its Job then tries again.
+S3_ATTEMPTS = 10
+
+
+def _s3_error(uri: str, exc: Exception) -> ArtifactError | StorageUnavailable:
+    response = getattr(exc, "response", {})
+    if response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+        return StorageUnavailable(f"{uri}: S3 unavailable: {exc}")
+    code = response.get("Error", {}).get("Code", "")
     if code in ("NoSuchKey", "404", "NotFound"):
         return ArtifactError(f"{uri}: no such object in S3")
     if code == "NoSuchBucket":

@@ -83,3 +83,10 @@ _PEERING_VERBS = {
 }
 PEERING_NAMESPACED: list[Permission] = _each("kopf.dev", "kopfpeerings", _PEERING_VERBS)
 PEERING_CLUSTER: list[Permission] = _each("kopf.dev", "clusterkopfpeerings", _PEERING_VERBS)
+
+# With leaderElection.enabled, in the release's namespace (cream_operator/leader.py: LeaseLock).
+LEADER_ELECTION: list[Permission] = _each("coordination.k8s.io", "leases", {
+    "get": "leader.LeaseLock.read: read_namespaced_lease (every retry period)",
+    "create": "leader.LeaseLock.write: create_namespaced_lease (the first replica ever)",
+    "update": "leader.LeaseLock.write: replace_namespaced_lease (take over, renew, release)",
+})

@@ -8,6 +8,7 @@ from operator_permissions import (
     CLUSTER,
     CLUSTER_WHEN_NAMESPACED,
     IN_RUN_NAMESPACES,
+    LEADER_ELECTION,
     PEERING_CLUSTER,
     PEERING_NAMESPACED,
     Permission,
@@ -93,3 +94,20 @@ def test_an_existing_service_account_is_used_and_not_created(tmp_path):
     assert not of_kind(docs, "ServiceAccount")
     assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops-sa"
     assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops-sa"
+
+
+@pytest.mark.parametrize("watched", [[], ["team-a", NAMESPACE]], ids=["cluster-wide", "namespaced"])
+def test_leader_election_adds_only_the_lease_in_the_releases_namespace(tmp_path, watched):
+    plain = render(tmp_path, {"watchNamespaces": watched})
+    docs = render(tmp_path, {"watchNamespaces": watched, "replicaCount": 2,
+                             "leaderElection": {"enabled": True}})
+    name = f"{FULLNAME}-leader-election"
+    role = next(r for r in of_kind(docs, "Role") if r["metadata"]["name"] == name)
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert_same(granted(role), triples(LEADER_ELECTION), "leader election Role")
+    binding = next(b for b in of_kind(docs, "RoleBinding") if b["metadata"]["name"] == name)
+    assert_binds(binding, role)
+    # Everything else as without it.
+    others = [d for d in docs if d["metadata"]["name"] != name]
+    assert [d for d in plain if d["kind"] in ("Role", "ClusterRole")] == \
+        [d for d in others if d["kind"] in ("Role", "ClusterRole")]

@@ -26,6 +26,7 @@ from chartkit import (
 from cream_operator import policy
 from cream_operator.cli import build_parser
 from cream_operator.config import OperatorConfig
+from cream_operator.leader import ElectionConfig
 from cream_operator.spec import CreamRunSpec
 
 FULLNAME = f"{RELEASE}-cream-operator"
@@ -70,7 +71,7 @@ def test_every_ci_values_file_lints_and_renders_a_working_operator(values_file):
 def test_the_ci_values_files_cover_the_charts_modes():
     names = {p.name for p in CI_VALUES}
     assert {"default-values.yaml", "namespaced-values.yaml", "everything-values.yaml",
-            "digest-values.yaml"} <= names
+            "digest-values.yaml", "standby-values.yaml"} <= names
 
 
 def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
@@ -84,7 +85,11 @@ def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
 
 @pytest.mark.parametrize("values", [
     {"replicaCount": "two"},
-    {"replicaCount": 2},  # kopf peering is no Lease: see values.yaml
+    {"replicaCount": 2},  # two replicas without leader election would both act: see values.yaml
+    {"replicaCount": 2, "leaderElection": {"enabled": False}},
+    {"leaderElection": {"enabled": True, "retryPeriodSeconds": 0}},
+    {"leaderElection": {"enabled": "yes"}},
+    {"leaderElection": {"enabled": True, "leaseSeconds": 15}},
     {"replicas": 1},  # a misspelt value is refused, not ignored
     {"image": {"pullPolicy": "Sometimes"}},
     {"image": {"digest": "latest"}},
@@ -109,6 +114,40 @@ def test_values_schema_rejects_bad_values(tmp_path, values):
     proc = template(tmp_path, values, check=False)
     assert proc.returncode != 0, f"accepted: {values}"
     assert "don't meet the specifications of the schema" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("values", "says"), [
+    ({"renewDeadlineSeconds": 15}, "retryPeriodSeconds < renewDeadlineSeconds < "
+                                   "leaseDurationSeconds"),
+    ({"retryPeriodSeconds": 10}, "retryPeriodSeconds < renewDeadlineSeconds"),
+])
+def test_leader_election_timings_must_let_a_leader_give_up_first(tmp_path, values, says):
+    proc = template(tmp_path, {"leaderElection": {"enabled": True, **values}}, check=False)
+    assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+def test_leader_election_and_peering_are_exclusive(tmp_path):
+    proc = template(tmp_path, {"leaderElection": {"enabled": True},
+                               "peering": {"name": "cream"}}, check=False)
+    assert proc.returncode != 0 and "choose one" in proc.stderr, proc.stderr
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_named_after_the_release(tmp_path):
+    """The env the chart sets, read by the operator's own ElectionConfig.from_env, with the
+    downward API's values as the kubelet would fill them in."""
+    docs = render(tmp_path, {"replicaCount": 2, "leaderElection": {
+        "enabled": True, "leaseDurationSeconds": 20, "renewDeadlineSeconds": 12,
+        "retryPeriodSeconds": 3}})
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
+    container = operator_container(docs)
+    fields = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+              for e in container["env"] if "valueFrom" in e}
+    assert fields == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    env = {**env_of(container), "POD_NAME": "op-7d9-x2", "POD_NAMESPACE": NAMESPACE}
+    election = ElectionConfig.from_env(env)
+    assert election == ElectionConfig(FULLNAME, NAMESPACE, "op-7d9-x2", 20, 12, 3)
+    assert OperatorConfig.from_env(env) == OperatorConfig()  # nothing else changes
+    assert ElectionConfig.from_env(env_of(operator_container(render(tmp_path)))) is None
 
 
 def test_health_and_metrics_ports_must_differ(tmp_path):

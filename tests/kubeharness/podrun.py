@@ -17,10 +17,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import urllib3
 from kubernetes.client.exceptions import ApiException
 
 from . import podnet, podspec
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubeharness.nodeagent")
 
 MAX_GRACE = 5.0  # seconds between SIGTERM and SIGKILL, whatever the Pod asks for
+STATUS_RETRY_SECONDS = 300.0  # how long a status write waits for an API server that is away
 BACKOFF_START, BACKOFF_MAX = 1.0, 10.0  # container restarts (the kubelet's are 10s..5min)
 MESSAGE_LIMIT = 4096  # bytes of a termination message, as the kubelet
 FALLBACK_LINES = 80
@@ -225,7 +228,26 @@ class PodRun(threading.Thread):
         ]
 
     def push_status(self) -> None:
-        """Write our view of the Pod's status, keeping conditions that others own."""
+        """Write our view of the Pod's status, keeping conditions that others own. While the API
+        server is away (restarting), keep trying, as the kubelet's status manager does: a lost
+        write of a terminal phase would leave the Pod Running forever."""
+        deadline = time.monotonic() + STATUS_RETRY_SECONDS
+        while True:
+            try:
+                return self._push_status()
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                error = e
+            except ApiException as e:
+                if e.status < 500:
+                    raise
+                error = e
+            if time.monotonic() > deadline or self.agent.stopping.is_set():
+                raise error
+            log.warning("status of %s/%s not written (%s); trying again", self.ns,
+                        self.pod_name, error)
+            time.sleep(1)
+
+    def _push_status(self) -> None:
         with self._lock:
             for _ in range(10):
                 try:

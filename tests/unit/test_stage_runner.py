@@ -93,3 +93,21 @@ def test_unexpected_errors_exit_1(tmp_path, capsys, term_log):
     uri = _request(tmp_path, req)
     assert main(["consistency", "--request", uri]) == 1
     assert "unexpected error" in term_log.read_text()
+
+
+def test_s3_failing_on_its_side_is_not_bad_input():
+    """A 5xx after every retry (say MinIO still starting) must let the Job retry the stage;
+    exit code 2 (bad input) would fail the run at once."""
+    from botocore.exceptions import ClientError
+
+    from cream_stages import artifacts
+
+    def error(status: int, code: str) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    unavailable = artifacts._s3_error("s3://b/k", error(503, "XMinioServerNotInitialized"))
+    assert isinstance(unavailable, artifacts.StorageUnavailable)
+    assert not isinstance(unavailable, artifacts.ArtifactError)
+    missing = artifacts._s3_error("s3://b/k", error(404, "NoSuchKey"))
+    assert isinstance(missing, artifacts.ArtifactError) and "no such object" in str(missing)
