@@ -330,7 +330,7 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         message = f"stage {first.key} failed: {first.message or 'no message'}"
     elif now_step is None:
         phase, reason, message = "Succeeded", "AllStagesSucceeded", \
-            f"{spec.iterations} iteration(s) done"
+            f"{len(spec.rounds())} iteration(s) done"
     elif spec.suspend:
         phase, reason = "Suspended", "Suspended"
         message = ("suspended before the next stage" if not running else
@@ -361,7 +361,7 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         completion = None
     decision.status = _finish(
         prev, generation, now, phase, reason, message,
-        iteration=now_step.iteration if now_step else spec.iterations,
+        iteration=now_step.iteration if now_step else len(spec.rounds()),
         stage=now_step.stage if now_step else None,
         # Rounded for `kubectl get` (results keep full precision).
         consistency_rate=None if latest is None else round(latest, 3),

@@ -30,9 +30,10 @@ SCORES_FILE = "scores.jsonl"  # score
 PAIRS_FILE = "pairs.jsonl"  # consistency
 PER_PROMPT_FILE = "consistency.jsonl"  # consistency
 PREDICTIONS_FILE = "predictions.jsonl"  # evaluate
+# spin writes pairs.jsonl too (chosen = reference answer, rejected = own generation), for dpo
 TRAIN_LOG_FILE = "train_log.jsonl"  # sft, dpo: the loss of every optimizer step, beside the model
 
-StageName = Literal["sft", "sample", "score", "consistency", "dpo", "evaluate"]
+StageName = Literal["sft", "sample", "score", "consistency", "spin", "dpo", "evaluate"]
 
 InferenceBackend = Literal["transformers", "vllm"]
 TrainBackend = Literal["transformers", "deepspeed"]
@@ -165,6 +166,25 @@ class ConsistencyRequest(_Request):
         return self
 
 
+class SpinRequest(_Request):
+    """SPIN's data for one iteration: M_t answers each SFT prompt once; the pair is (reference
+    answer, own answer), with M_t's log-probs of both as dpo's reference. One engine on one Pod:
+    the stage both generates and scores, which node sharding (one call per stage) does not
+    cover."""
+
+    stage: Literal["spin"] = "spin"
+    model: str = Field(description="M_t: generates the rejected answers and is the reference")
+    data: str = Field(description="SFT data: single-turn examples, their answers the chosen")
+    max_examples: int | None = Field(default=None, ge=1, description="the first N examples")
+    temperature: float = Field(default=0.8, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: PositiveInt = 768
+    max_length: PositiveInt = 2048
+    batch_size: PositiveInt = 8
+    backend: InferenceBackend = "transformers"
+    precision: Precision = "float32"
+
+
 class DpoRequest(_Request):
     stage: Literal["dpo"] = "dpo"
     model: str = Field(description="M_t: the policy's start and the (implicit) reference")
@@ -212,7 +232,8 @@ class EvaluateRequest(_InferenceRequest):
 
 
 StageRequest = Annotated[
-    SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest | DpoRequest | EvaluateRequest,
+    SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest | SpinRequest | DpoRequest
+    | EvaluateRequest,
     Field(discriminator="stage"),
 ]
 
@@ -222,7 +243,7 @@ class _RequestEnvelope(BaseModel):
 
 
 def parse_request(data: dict) -> SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest \
-        | DpoRequest | EvaluateRequest:
+        | SpinRequest | DpoRequest | EvaluateRequest:
     """Validate a request dict into its stage's model (raises pydantic.ValidationError)."""
     return _RequestEnvelope.model_validate({"request": data}).request
 
@@ -244,6 +265,7 @@ STAGE_TABLE: dict[str, StageFacts] = {f.name: f for f in (
     StageFacts("sample", SampleRequest, trains=False, wants_gpu=True),
     StageFacts("score", ScoreRequest, trains=False, wants_gpu=True),
     StageFacts("consistency", ConsistencyRequest, trains=False, wants_gpu=False),
+    StageFacts("spin", SpinRequest, trains=False, wants_gpu=True),
     StageFacts("dpo", DpoRequest, trains=True, wants_gpu=True),
     StageFacts("evaluate", EvaluateRequest, trains=False, wants_gpu=True),
 )}
