@@ -158,7 +158,8 @@ class DataSpec(_Model):
         "by id; a single set is reused every iteration",
     )
     max_prompts: int | None = Field(default=None, ge=1,
-                                    description="Use the first N prompts of each set")
+                                    description="Use the first N prompts of each set (and, for "
+                                    "spin steps, the first N examples of data.sft)")
 
 
 class SamplingSpec(_Model):
