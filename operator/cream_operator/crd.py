@@ -55,9 +55,19 @@ SPEC_RULES = [
     },
     {
         "rule": "!has(self.schedule) || has(self.model.sft) || "
-                "self.schedule[0].kind != 'selfReward'",
+                "self.schedule[0].kind != 'selfReward' || "
+                "(has(self.schedule[0].reward) && self.schedule[0].reward == 'judge')",
         "message": "schedule[0]: the implicit reward of a first selfReward step compares M0 with "
         "a previous model, and there is none: start with an sft step or set model.sft",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.schedule) || has(self.model.sft) || "
+                "!has(self.schedule[0].judge) || !has(self.schedule[0].judge.consistency) || "
+                "!self.schedule[0].judge.consistency",
+        "message": "schedule[0]: judge consistency compares M0's judge rankings with a previous "
+        "model's, and there is none: start with an sft step, set model.sft, or leave "
+        "judge.consistency false",
         "fieldPath": ".schedule",
     },
     {

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from cream_stages import contract as c
 from cream_stages.artifacts import join
+from cream_stages.judge_prompt import DEFAULT_PATTERN, DEFAULT_TEMPLATE
 
-from .spec import DEFAULT_LAMBDA, CreamRunSpec, IterationResult, ScheduleStep
+from .spec import DEFAULT_LAMBDA, CreamRunSpec, IterationResult, JudgeSpec, ScheduleStep
 
 
 @dataclass(frozen=True)
@@ -24,8 +25,8 @@ class Step:
     iteration: int
     stage: str
     model_index: int | None  # score: the k of M_k scored; sft/dpo/evaluate: the model produced/read
-    request: c.SftRequest | c.SampleRequest | c.ScoreRequest | c.ConsistencyRequest \
-        | c.SpinRequest | c.DpoRequest | c.EvaluateRequest
+    request: c.SftRequest | c.SampleRequest | c.ScoreRequest | c.JudgeRequest \
+        | c.ConsistencyRequest | c.SpinRequest | c.DpoRequest | c.EvaluateRequest
     after: tuple[str, ...]
 
     @property
@@ -113,20 +114,11 @@ def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
         ),
         after=(after,) if after else (),
     ))
+    if step.judges():
+        return _judge_pairs(p, t, k, step, sample_key, responses)
     scores: dict[int, str] = {}
     for m in [m for m in (k, k - 1, k - 2) if m >= 0]:
-        out = join(root, f"iter-{t}", f"score-m{m}")
-        scores[m] = join(out, c.SCORES_FILE)
-        p.add(Step(
-            key=f"iter-{t}/score-m{m}", iteration=t, stage="score", model_index=m,
-            request=c.ScoreRequest(
-                output=out, seed=seed, model=model_uri(spec, root, m), model_index=m,
-                responses=responses, max_length=spec.model.max_length,
-                batch_size=spec.scoring.batch_size, backend=spec.scoring.backend,
-                precision=spec.model.precision,
-            ),
-            after=(sample_key,),
-        ))
+        scores[m] = _score(p, t, m, responses, sample_key)
     consistency_dir = join(root, f"iter-{t}", "consistency")
     consistency_key = p.add(Step(
         key=f"iter-{t}/consistency", iteration=t, stage="consistency", model_index=None,
@@ -136,6 +128,61 @@ def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
             method=spec.consistency.method, strategy=spec.consistency.strategy,
         ),
         after=tuple(f"iter-{t}/score-m{m}" for m in scores),
+    ))
+    return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
+
+
+def _score(p: _Planner, t: int, m: int, responses: str, after: str) -> str:
+    """s_{M_m} of every sampled response of iteration t; returns the scores file."""
+    spec = p.spec
+    out = join(p.root, f"iter-{t}", f"score-m{m}")
+    p.add(Step(
+        key=f"iter-{t}/score-m{m}", iteration=t, stage="score", model_index=m,
+        request=c.ScoreRequest(
+            output=out, seed=spec.seed + t, model=model_uri(spec, p.root, m), model_index=m,
+            responses=responses, max_length=spec.model.max_length,
+            batch_size=spec.scoring.batch_size, backend=spec.scoring.backend,
+            precision=spec.model.precision,
+        ),
+        after=(after,),
+    ))
+    return join(out, c.SCORES_FILE)
+
+
+def _judge_pairs(p: _Planner, t: int, k: int, step: ScheduleStep, sample_key: str,
+                 responses: str) -> str:
+    """SRLM's rewarding: M_k judges its responses (and M_{k-1} too, for judge consistency);
+    M_k's log-probs are dpo's reference."""
+    spec, root = p.spec, p.root
+    judge = step.judge or JudgeSpec()
+    current = _score(p, t, k, responses, sample_key)
+    files: dict[int, str] = {}
+    for m in [k, k - 1] if judge.consistency else [k]:
+        out = join(root, f"iter-{t}", f"judge-m{m}")
+        files[m] = join(out, c.JUDGEMENTS_FILE)
+        p.add(Step(
+            key=f"iter-{t}/judge-m{m}", iteration=t, stage="judge", model_index=m,
+            request=c.JudgeRequest(
+                output=out, seed=spec.seed + t, model=model_uri(spec, root, m), model_index=m,
+                responses=responses, template=judge.template or DEFAULT_TEMPLATE,
+                pattern=judge.pattern or DEFAULT_PATTERN, judgements=judge.judgements,
+                min_score=judge.min_score, max_score=judge.max_score,
+                temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
+                max_tokens=judge.max_tokens, batch_size=spec.sampling.batch_size,
+                backend=spec.sampling.backend, precision=spec.model.precision,
+            ),
+            after=(sample_key,),
+        ))
+    consistency_dir = join(root, f"iter-{t}", "consistency")
+    consistency_key = p.add(Step(
+        key=f"iter-{t}/consistency", iteration=t, stage="consistency", model_index=None,
+        request=c.ConsistencyRequest(
+            output=consistency_dir, seed=spec.seed + t, iteration=max(k, 1),
+            responses=responses, current=current, reward="judge", judgements=files[k],
+            previous_judgements=files.get(k - 1), method=spec.consistency.method,
+            strategy=spec.consistency.strategy,
+        ),
+        after=(f"iter-{t}/score-m{k}", *(f"iter-{t}/judge-m{m}" for m in files)),
     ))
     return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
 
@@ -164,9 +211,13 @@ def _spin_round(p: _Planner, t: int, k: int, step: ScheduleStep, after: str | No
 # returns the key of the step that writes M_{k+1}. A new kind adds a row, nothing else here.
 ROUND_PLANNERS = {"selfReward": _self_reward_round, "spin": _spin_round}
 
-# Which of a stage's metrics make its iteration's row of results.
-RESULT_METRICS = {"consistency": ("consistency_rate", "pairs", "dropped"),
-                  "spin": ("pairs", "dropped")}
+# Which of a stage's metrics make its iteration's row of results: row field -> metric.
+RESULT_METRICS = {
+    "consistency": {"consistency_rate": "consistency_rate", "pairs": "pairs",
+                    "dropped": "dropped"},
+    "spin": {"pairs": "pairs", "dropped": "dropped"},
+    "judge": {"judge_parse_failures": "parse_failures", "judge_score_mean": "score_mean"},
+}
 
 
 def first_model(spec: CreamRunSpec) -> int:
@@ -237,6 +288,10 @@ def results(steps: list[Step], metrics: Mapping[str, dict], root: str, spec: Cre
     """Per-iteration results from the metrics of the finished steps' manifests (key -> metrics)."""
     by_iter: dict[int, dict] = {}
     kinds = {t: step.kind for t, step in enumerate(spec.rounds(), start=1)}
+    judge_of: dict[int, int] = {}  # iteration -> the model whose judge made its pairs
+    for step in steps:
+        if step.stage == "judge":
+            judge_of[step.iteration] = max(step.model_index, judge_of.get(step.iteration, 0))
     for step in steps:
         m = metrics.get(step.key)
         if m is None:
@@ -244,8 +299,10 @@ def results(steps: list[Step], metrics: Mapping[str, dict], root: str, spec: Cre
         row = by_iter.setdefault(step.iteration, {"iteration": step.iteration})
         if spec.schedule is not None and step.iteration in kinds:
             row["kind"] = kinds[step.iteration]
+        if step.stage == "judge" and step.model_index != judge_of[step.iteration]:
+            continue  # the row shows the current model's judge, not the previous model's
         if step.stage in RESULT_METRICS:
-            row.update({name: m.get(name) for name in RESULT_METRICS[step.stage]})
+            row.update({field: m.get(name) for field, name in RESULT_METRICS[step.stage].items()})
         elif step.stage == "evaluate":
             row["accuracy"] = dict(m.get("accuracy", {}))
         elif c.STAGE_TABLE[step.stage].trains:

@@ -29,6 +29,7 @@ from cream_stages.contract import (
     TrainBackend,
 )
 from cream_stages.generated_tasks import FORMATS as GENERATED_FORMATS
+from cream_stages.judge_prompt import pattern_problem, template_problem
 
 from .shapes import NAME, NAME_MAX, NAME_MESSAGE, DataUri, ModelUri, StorageUri, TaskUri
 
@@ -359,6 +360,8 @@ class ResourcesSpec(_Model):
                                    description="The sample stage's Pods")
     score: StageResources = Field(default_factory=StageResources,
                                   description="Each score stage's Pods (one Job per model)")
+    judge: StageResources = Field(default_factory=StageResources,
+                                  description="Each judge stage's Pods (one Job per model)")
     consistency: StageResources = Field(default_factory=StageResources,
                                         description="The consistency stage's Pods (CPU only)")
     spin: StageResources = Field(default_factory=StageResources,
@@ -423,26 +426,98 @@ class SchedulingSpec(_Model):
 
 
 StepKind = Literal["sft", "spin", "selfReward"]
-RewardKind = Literal["implicit"]
+RewardKind = Literal["implicit", "judge"]
 MAX_SCHEDULE = 16
 MAX_ROUNDS = 20  # iterations over the whole schedule, as `iterations` allows without one
 DEFAULT_LAMBDA = 0.1
 
 # What fields each step kind takes: the one table the validators (pydantic and CEL) read.
-STEP_FIELDS = {"sft": (), "spin": ("iterations", "lambda"), "selfReward": ("iterations",
-                                                                          "reward")}
+STEP_FIELDS = {"sft": (), "spin": ("iterations", "lambda"),
+               "selfReward": ("iterations", "reward", "judge")}
+# An unescaped "(" that opens a capturing group: "(" not followed by "?", or a named group.
+# The API server's approximation of judge_math.pattern_problem (CEL cannot compile a regex).
+CAPTURING_GROUP_CEL = r"(^|[^\\])\((\?P?<[A-Za-z_]|[^?])"
+
+
+class JudgeSpec(_Model):
+    """LLM-as-a-Judge: the policy grades each sampled response K times; the pair is the best
+    and the worst judged response."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.template) || (self.template.contains('{prompt}') && "
+                 "self.template.contains('{response}'))",
+         "message": "the template must contain {prompt} and {response}",
+         "fieldPath": ".template"},
+        {"rule": f"!has(self.pattern) || self.pattern.matches(r'{CAPTURING_GROUP_CEL}')",
+         "message": "the pattern needs a group capturing the number, e.g. Score: ([0-9]+)",
+         "fieldPath": ".pattern"},
+        {"rule": "(has(self.minScore) ? self.minScore : 0.0) <= "
+                 "(has(self.maxScore) ? self.maxScore : 5.0)",
+         "message": "minScore must not be above maxScore",
+         "fieldPath": ".minScore"},
+    ]})
+
+    template: Annotated[str, Field(min_length=1, max_length=8192)] | None = Field(
+        default=None,
+        description="The judge prompt, with {prompt} and {response} where the question and the "
+        "response go; default: the project's wording of SRLM's additive 5-point rubric")
+    pattern: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="Regular expression whose first group captures the score in a judgement "
+        "(first match); default: Score: <number>")
+    judgements: int = Field(default=3, ge=1, le=16,
+                            description="K, judgements per response, their scores averaged")
+    min_score: float = Field(default=0.0, ge=-1000, le=1000,
+                             description="The lowest valid score; a number outside the range "
+                             "is an unparseable judgement")
+    max_score: float = Field(default=5.0, ge=-1000, le=1000,
+                             description="The highest valid score")
+    max_tokens: int = Field(default=256, ge=1, le=32768,
+                            description="Longest judgement, in tokens")
+    consistency: bool = Field(
+        default=False,
+        description="CREAM's consistency regularisation of judge rankings: the previous model "
+        "also judges the responses and each pair is weighted by C = (tau + 1) / 2 between the "
+        "two judges' rankings (spec.consistency's method and strategy)")
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, template: str | None) -> str | None:
+        problem = template and template_problem(template)
+        if problem:
+            raise ValueError(problem)
+        return template
+
+    @field_validator("pattern")
+    @classmethod
+    def _number_group(cls, pattern: str | None) -> str | None:
+        problem = pattern and pattern_problem(pattern)
+        if problem:
+            raise ValueError(problem)
+        return pattern
+
+    @field_validator("max_score")
+    @classmethod
+    def _range(cls, high: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_score")
+        if low is not None and low > high:
+            raise ValueError(f"minScore ({low}) is above maxScore ({high})")
+        return high
 
 
 class ScheduleStep(_Model):
     """One step of a run's schedule; the fields that apply depend on its kind."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
-        {"rule": f"self.kind in {[k for k, f in STEP_FIELDS.items() if name in f]!r} || "
-                 f"!has(self.{name})",
-         "message": f"{name} applies to step kinds "
-                    f"{', '.join(k for k, f in STEP_FIELDS.items() if name in f)} only",
-         "fieldPath": f".{name}"}
-        for name in ("iterations", "lambda", "reward")]})
+        *({"rule": f"self.kind in {[k for k, f in STEP_FIELDS.items() if name in f]!r} || "
+                   f"!has(self.{name})",
+           "message": f"{name} applies to step kinds "
+                      f"{', '.join(k for k, f in STEP_FIELDS.items() if name in f)} only",
+           "fieldPath": f".{name}"}
+          for name in ("iterations", "lambda", "reward", "judge")),
+        {"rule": "!has(self.judge) || (has(self.reward) && self.reward == 'judge')",
+         "message": "judge settings need reward: judge",
+         "fieldPath": ".judge"}]})
 
     kind: StepKind = Field(
         description="sft (M0 -> M1 on data.sft, with spec.sft's settings), spin (self-play "
@@ -461,22 +536,31 @@ class ScheduleStep(_Model):
         default=None,
         description="selfReward only: implicit (CREAM's DPO reward, the log-ratio of the "
         "current to the previous model, consistency-regularised by spec.consistency; the "
-        "default)")
+        "default) or judge (LLM-as-a-Judge: the model grades its own responses, see judge)")
+    judge: JudgeSpec | None = Field(
+        default=None, description="selfReward with reward judge: the judge's prompt, pattern, "
+        "K, range and consistency regularisation (absent: the defaults)")
 
     @model_validator(mode="after")
     def _fields_of_kind(self):
         allowed = STEP_FIELDS[self.kind]
         for name, value in (("iterations", self.iterations), ("lambda", self.lambda_),
-                            ("reward", self.reward)):
+                            ("reward", self.reward), ("judge", self.judge)):
             if value is not None and name not in allowed:
                 kinds = ", ".join(k for k, f in STEP_FIELDS.items() if name in f)
                 raise ValueError(f"{name} applies to step kinds {kinds} only, not "
                                  f"{self.kind}")
+        if self.judge is not None and self.reward != "judge":
+            raise ValueError("judge settings need reward: judge")
         return self
+
+    def judges(self) -> bool:
+        return self.kind == "selfReward" and self.reward == "judge"
 
 
 # Which spec section holds the inference backend of each stage with engines.
-TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "evaluate": "evaluation"}
+TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "judge": "sampling",
+                            "evaluate": "evaluation"}
 
 
 class CreamRunSpec(_Model):
@@ -586,10 +670,16 @@ def schedule_problems(schedule: list[ScheduleStep], model: ModelSpec, data: Data
         if step.kind in ("sft", "spin") and data.sft is None:
             problems.append(f"step [{i}]: a {step.kind} step needs data.sft (its "
                             f"{'examples' if step.kind == 'sft' else 'reference answers'})")
-    if schedule[0].kind == "selfReward" and model.sft is None:
-        problems.append("step [0]: the implicit reward of a first selfReward step compares M0 "
-                        "with a previous model, and there is none: start with an sft step or "
-                        "set model.sft")
+    first = schedule[0]
+    if first.kind == "selfReward" and model.sft is None:
+        if not first.judges():
+            problems.append("step [0]: the implicit reward of a first selfReward step compares "
+                            "M0 with a previous model, and there is none: start with an sft "
+                            "step or set model.sft")
+        elif first.judge is not None and first.judge.consistency:
+            problems.append("step [0]: judge consistency compares M0's judge rankings with a "
+                            "previous model's, and there is none: start with an sft step, set "
+                            "model.sft, or leave judge.consistency false")
     total = sum(step.iterations or 1 for step in schedule if step.kind != "sft")
     if total > MAX_ROUNDS:
         problems.append(f"{total} iterations in all; at most {MAX_ROUNDS}")
@@ -626,6 +716,11 @@ class IterationResult(_Model):
     dropped: int | None = Field(default=None,
                                 description="Prompts dropped because their rewards all tie "
                                 "(spin: because the own answer equals the reference)")
+    judge_parse_failures: int | None = Field(
+        default=None, description="judge rewarding: judgements the pattern could not read a "
+        "score from (left out of the means, never scored 0)")
+    judge_score_mean: float | None = Field(
+        default=None, description="judge rewarding: the mean parsed judge score")
     accuracy: dict[str, float] = Field(
         default_factory=dict, description="Accuracy per task of the model this iteration made")
     model_uri: str | None = Field(default=None, description="Where that model is")
@@ -642,6 +737,9 @@ class StepMetrics(_Model):
     pairs: int | None = Field(default=None, description="consistency's (or spin's) pairs")
     dropped: int | None = Field(default=None,
                                 description="consistency's (or spin's) dropped prompts")
+    parse_failures: int | None = Field(default=None,
+                                       description="judge's unparseable judgements")
+    score_mean: float | None = Field(default=None, description="judge's mean parsed score")
     accuracy: dict[str, float] = Field(default_factory=dict,
                                        description="evaluate's accuracy per task")
 

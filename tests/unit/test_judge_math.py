@@ -7,8 +7,9 @@ import pytest
 from scipy import stats
 
 from cream_stages import judge_math as jm
+from cream_stages import judge_prompt as jp
 
-PATTERN = jm.DEFAULT_PATTERN
+PATTERN = jp.DEFAULT_PATTERN
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -21,26 +22,26 @@ PATTERN = jm.DEFAULT_PATTERN
     ("", None),
 ])
 def test_parse_score(text, expected):
-    assert jm.parse_score(text, PATTERN, 0, 5) == expected
+    assert jp.parse_score(text, PATTERN, 0, 5) == expected
 
 
 def test_a_custom_pattern_reads_its_first_group():
-    assert jm.parse_score("rating=[8/10]", r"rating=\[(\d+)/10\]", 1, 10) == 8.0
-    assert jm.parse_score("x", r"(?:y)?(\d)?", 0, 9) is None  # the group did not take part
+    assert jp.parse_score("rating=[8/10]", r"rating=\[(\d+)/10\]", 1, 10) == 8.0
+    assert jp.parse_score("x", r"(?:y)?(\d)?", 0, 9) is None  # the group did not take part
 
 
 def test_mean_over_parseable_judgements_only():
-    assert jm.mean_score([4.0, None, 2.0]) == 3.0
-    assert jm.mean_score([None, None]) is None
+    assert jp.mean_score([4.0, None, 2.0]) == 3.0
+    assert jp.mean_score([None, None]) is None
 
 
 def test_template_and_pattern_problems():
-    assert jm.template_problem(jm.DEFAULT_TEMPLATE) is None
-    assert "{response}" in jm.template_problem("Rate {prompt}")
-    assert jm.pattern_problem(PATTERN) is None
-    assert "group" in jm.pattern_problem(r"Score: \d")
-    assert "not a regular expression" in jm.pattern_problem("Score: ([0-9]")
-    filled = jm.judge_prompt("Q={prompt} A={response} {other}", "2+2?", "4")
+    assert jp.template_problem(jp.DEFAULT_TEMPLATE) is None
+    assert "{response}" in jp.template_problem("Rate {prompt}")
+    assert jp.pattern_problem(PATTERN) is None
+    assert "group" in jp.pattern_problem(r"Score: \d")
+    assert "not a regular expression" in jp.pattern_problem("Score: ([0-9]")
+    filled = jp.judge_prompt("Q={prompt} A={response} {other}", "2+2?", "4")
     assert filled == "Q=2+2? A=4 {other}"
 
 

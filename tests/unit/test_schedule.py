@@ -157,3 +157,69 @@ def test_a_first_self_reward_step_is_fine_when_m1_is_given():
 def test_spin_runs_on_one_pod():
     problems = _problems(_doc(MIXED, **{"resources.spin": {"nodes": 2}}))
     assert any(p.startswith("spec.resources") and "spin.nodes is 2" in p for p in problems)
+
+
+JUDGE = {"kind": "selfReward", "reward": "judge",
+         "judge": {"judgements": 2, "consistency": True, "pattern": r"(\d)", "maxScore": 9}}
+
+
+def test_judge_round_plan():
+    spec = specfile.parse(_doc([{"kind": "sft"}, JUDGE, {"kind": "selfReward",
+                                                         "reward": "judge"}])).spec
+    steps = pipeline.plan(spec, "r")
+    by_key = {s.key: s for s in steps}
+    assert [s.key for s in steps if s.iteration == 1] == [
+        "iter-1/sample", "iter-1/score-m1", "iter-1/judge-m1", "iter-1/judge-m0",
+        "iter-1/consistency", "iter-1/dpo", "iter-1/evaluate"]
+    judge = by_key["iter-1/judge-m1"].request
+    assert (judge.model, judge.judgements, judge.pattern, judge.max_score) == \
+        ("r/models/M1", 2, r"(\d)", 9.0)
+    assert "{prompt}" in judge.template and "{response}" in judge.template  # the default
+    assert by_key["iter-1/judge-m0"].request.model == TINY["spec"]["model"]["base"]
+    cons = by_key["iter-1/consistency"].request
+    assert (cons.reward, cons.judgements, cons.previous_judgements, cons.current) == (
+        "judge", "r/iter-1/judge-m1/judgements.jsonl", "r/iter-1/judge-m0/judgements.jsonl",
+        "r/iter-1/score-m1/scores.jsonl")
+    # Without judge consistency only the current model judges: plain SRLM.
+    assert [s.key for s in steps if s.iteration == 2 and s.stage == "judge"] == \
+        ["iter-2/judge-m2"]
+    assert by_key["iter-2/consistency"].request.previous_judgements is None
+    assert by_key["iter-2/judge-m2"].request.pattern == r"Score:\s*([0-9]+(?:\.[0-9]+)?)"
+
+
+def test_judge_rows_carry_the_current_judges_figures():
+    spec = specfile.parse(_doc([{"kind": "sft"}, JUDGE])).spec
+    steps = pipeline.plan(spec, "r")
+    metrics = {"iter-1/judge-m1": {"parse_failures": 3, "score_mean": 4.5},
+               "iter-1/judge-m0": {"parse_failures": 9, "score_mean": 1.0}}
+    (row,) = [r for r in pipeline.results(steps, metrics, "r", spec) if r.iteration == 1]
+    assert (row.kind, row.judge_parse_failures, row.judge_score_mean) == ("selfReward", 3, 4.5)
+
+
+@pytest.mark.parametrize(("judge", "path", "words"), [
+    ({"template": "Rate {prompt}"}, "spec.schedule[1].judge.template", "{response}"),
+    ({"pattern": r"Score: \d"}, "spec.schedule[1].judge.pattern", "group capturing"),
+    ({"pattern": r"Score: ([0-9]"}, "spec.schedule[1].judge.pattern", "not a regular"),
+    ({"minScore": 5, "maxScore": 1}, "spec.schedule[1].judge.maxScore", "above maxScore"),
+    ({"judgements": 0}, "spec.schedule[1].judge.judgements", ""),
+])
+def test_bad_judge_settings_are_refused_with_the_field_path(judge, path, words):
+    problems = _problems(_doc([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                                                 "judge": judge}]))
+    assert any(p.startswith(path) and words in p for p in problems), problems
+
+
+def test_judge_settings_belong_to_judge_rewarding():
+    problems = _problems(_doc([{"kind": "sft"}, {"kind": "selfReward", "judge": {}}]))
+    assert any("spec.schedule[1]" in p and "need reward: judge" in p for p in problems)
+    problems = _problems(_doc([{"kind": "sft"}, {"kind": "spin", "judge": {}}]))
+    assert any("spec.schedule[1]" in p and "judge applies to" in p for p in problems)
+
+
+def test_a_first_judge_step_from_m0_needs_no_previous_model_unless_it_regularises():
+    plain = specfile.parse(_doc([{"kind": "selfReward", "reward": "judge"}])).spec
+    assert pipeline.plan(plain, "r")[0].request.model == TINY["spec"]["model"]["base"]
+    problems = _problems(_doc([{"kind": "selfReward", "reward": "judge",
+                                "judge": {"consistency": True}}]))
+    assert any(p.startswith("spec.schedule: step [0]") and "judge consistency" in p
+               for p in problems), problems
