@@ -501,7 +501,7 @@ class JudgeSpec(_Model):
     def _range(cls, high: float, info: ValidationInfo) -> float:
         low = info.data.get("min_score")
         if low is not None and low > high:
-            raise ValueError(f"minScore ({low}) is above maxScore ({high})")
+            raise ValueError(f"minScore ({low}) must not be above maxScore ({high})")
         return high
 
 

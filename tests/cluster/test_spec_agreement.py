@@ -58,7 +58,13 @@ BOOLS = st.sampled_from([True, False, "true", 1])
 STEPS = st.fixed_dictionaries(
     {"kind": st.sampled_from(["sft", "spin", "selfReward", "dance"])},
     optional={"iterations": INTS, "lambda": FLOATS,
-              "reward": st.sampled_from(["implicit", "judge"])})
+              "reward": st.sampled_from(["implicit", "judge", "model"]),
+              "judge": st.fixed_dictionaries({}, optional={
+                  "template": st.sampled_from(["{prompt} {response}", "{prompt}", "x"]),
+                  "pattern": st.sampled_from([r"Score: (\d+)", r"Score: \d+", r"(?:a)(b)",
+                                              r"(?P<n>\d)", r"\(\d\)", r"(?:\d)"]),
+                  "minScore": FLOATS, "maxScore": FLOATS, "judgements": INTS,
+                  "consistency": BOOLS})})
 
 
 def _set(path: str, value):
@@ -162,6 +168,19 @@ SCHEDULES = [
      "lambda applies"),
     ([{"kind": "sft"}, {"kind": "spin", "reward": "implicit"}], {}, "spec.schedule[1].reward",
      "reward applies"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"template": "Rate {prompt}"}}], {},
+     "spec.schedule[1].judge.template", "{response}"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"pattern": "Score: [0-9]+"}}], {},
+     "spec.schedule[1].judge.pattern", "group capturing"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"minScore": 5, "maxScore": 1}}], {},
+     "spec.schedule[1].judge.minScore", "not be above maxScore"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "judge": {}}], {}, "spec.schedule[1].judge",
+     "need reward: judge"),
+    ([{"kind": "selfReward", "reward": "judge", "judge": {"consistency": True}}], {},
+     "spec.schedule", "judge consistency"),
 ]
 
 
@@ -183,7 +202,8 @@ def test_impossible_schedules_are_refused_by_both_with_the_field_path(
     local, why_local = cream_validate_accepts(tmp_path, doc, capsys)
     assert not server and not local, (why_server, why_local)
     assert f"{path}: " in why_server and words in why_server, why_server
-    assert path.split("[")[0] in why_local, why_local
+    # cream validate names the step, and the field where it is the field's own problem.
+    assert path.split("[")[0] in why_local and words.split()[0] in why_local, why_local
 
 
 def test_a_mixed_schedule_is_accepted_by_both(crd, k8s_api, namespace, tmp_path, capsys):

@@ -200,7 +200,7 @@ def test_judge_rows_carry_the_current_judges_figures():
     ({"template": "Rate {prompt}"}, "spec.schedule[1].judge.template", "{response}"),
     ({"pattern": r"Score: \d"}, "spec.schedule[1].judge.pattern", "group capturing"),
     ({"pattern": r"Score: ([0-9]"}, "spec.schedule[1].judge.pattern", "not a regular"),
-    ({"minScore": 5, "maxScore": 1}, "spec.schedule[1].judge.maxScore", "above maxScore"),
+    ({"minScore": 5, "maxScore": 1}, "spec.schedule[1].judge.maxScore", "not be above maxScore"),
     ({"judgements": 0}, "spec.schedule[1].judge.judgements", ""),
 ])
 def test_bad_judge_settings_are_refused_with_the_field_path(judge, path, words):
