@@ -71,6 +71,13 @@ SPEC_RULES = [
         "fieldPath": ".schedule",
     },
     {
+        "rule": "!has(self.earlyStopping) || !has(self.earlyStopping.task) || "
+                "(has(self.evaluation) && has(self.evaluation.tasks) && "
+                "self.evaluation.tasks.exists(t, t.name == self.earlyStopping.task))",
+        "message": "earlyStopping.task is not one of evaluation.tasks",
+        "fieldPath": ".earlyStopping.task",
+    },
+    {
         "rule": f"!has(self.schedule) || {ROUNDS} <= {s.MAX_ROUNDS}",
         "message": f"schedule: at most {s.MAX_ROUNDS} iterations in all",
         "fieldPath": ".schedule",

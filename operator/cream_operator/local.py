@@ -58,6 +58,12 @@ def execute(
     metrics: dict[str, dict] = {}
     ran = 0
     for i, step in enumerate(steps, start=1):
+        stop = pipeline.early_stop(run.spec, steps, metrics)
+        if stop is not None and step.iteration > stop.iteration:
+            log(f"stopped early by {stop.step}: {stop.reason}; iteration {step.iteration} and "
+                "later do not run")
+            steps = pipeline.until(steps, stop)
+            break
         label = f"[{i}/{len(steps)}] {step.key}"
         manifest = read_manifest(step.manifest_uri)
         if manifest is None:

@@ -270,6 +270,51 @@ def plan(spec: CreamRunSpec, root: str) -> list[Step]:
     return p.steps
 
 
+@dataclass(frozen=True)
+class EarlyStop:
+    iteration: int  # the last iteration that runs
+    step: str  # the key of the step whose metric stopped the run
+    reason: str
+
+
+def early_stop(spec: CreamRunSpec, steps: list[Step], metrics: Mapping[str, dict]) \
+        -> EarlyStop | None:
+    """Whether the run stops early: the metric's values in iteration order (up to the first
+    one not known yet), each compared with the best before it; `patience` values in a row not
+    above best + minDelta (as Keras' EarlyStopping) stop it after that iteration (at the last
+    iteration there is nothing left to stop). Iterations without the metric (a SPIN iteration
+    has no consistency rate) neither stop nor reset it."""
+    rule = spec.early_stopping
+    if rule is None:
+        return None
+    stage = "consistency" if rule.metric == "consistencyRate" else "evaluate"
+    best, misses = None, 0
+    for step in (s for s in steps if s.stage == stage):
+        if step.key not in metrics:
+            return None
+        m = metrics[step.key]
+        value = m.get("consistency_rate") if stage == "consistency" \
+            else (m.get("accuracy") or {}).get(rule.task)
+        if value is None:
+            continue
+        if best is not None and value <= best + rule.min_delta:
+            misses += 1
+            if misses >= rule.patience and step.iteration < steps[-1].iteration:
+                name = "consistency rate" if stage == "consistency" else f"{rule.task} accuracy"
+                return EarlyStop(step.iteration, step.key, (
+                    f"{name} {value:.4g} at iteration {step.iteration} did not improve on the "
+                    f"best {best:.4g} by {rule.min_delta:g} ({misses} time(s) in a row)"))
+        else:
+            misses = 0
+        best = value if best is None else max(best, value)
+    return None
+
+
+def until(steps: list[Step], stop: EarlyStop | None) -> list[Step]:
+    """The steps that run: all, or those up to the iteration that stopped the run."""
+    return steps if stop is None else [s for s in steps if s.iteration <= stop.iteration]
+
+
 def runnable(steps: Iterable[Step], done: set[str], running: set[str] = frozenset()) -> list[Step]:
     """Steps that can start now: not done, not running, everything they wait for done."""
     return [

@@ -558,6 +558,34 @@ class ScheduleStep(_Model):
         return self.kind == "selfReward" and self.reward == "judge"
 
 
+class EarlyStoppingSpec(_Model):
+    """Stop iterating when a metric fails to improve on its best so far by more than minDelta."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "self.metric == 'accuracy' ? has(self.task) : !has(self.task)",
+        "message": "task names the evaluation task of metric accuracy (and only of it)",
+        "fieldPath": ".task",
+    }]})
+
+    metric: Literal["consistencyRate", "accuracy"] = Field(
+        description="consistencyRate (each selfReward iteration's) or accuracy (on `task`, of "
+        "each evaluated model, the SFT baseline included)")
+    task: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=40)] | None = Field(
+        default=None, description="accuracy only: the name of one of evaluation.tasks")
+    min_delta: float = Field(default=0.0, ge=0, le=1,
+                             description="The margin: a value not above best + minDelta is no "
+                             "improvement")
+    patience: int = Field(default=1, ge=1, le=MAX_ROUNDS,
+                          description="Iterations without improvement, in a row, that stop it")
+
+    @model_validator(mode="after")
+    def _task_for_accuracy(self):
+        if (self.metric == "accuracy") != (self.task is not None):
+            raise ValueError("task names the evaluation task of metric accuracy (and only of "
+                             "it)")
+        return self
+
+
 # Which spec section holds the inference backend of each stage with engines.
 TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "judge": "sampling",
                             "evaluate": "evaluation"}
@@ -588,6 +616,9 @@ class CreamRunSpec(_Model):
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="Step 4: DPO training")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
                                        description="Step 5: accuracy per task")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="Stop iterating when a metric stops improving; the status "
+        "says which step stopped the run and why")
     storage: StorageSpec = Field(default_factory=StorageSpec,
                                  description="Artifact storage (immutable)")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
@@ -620,6 +651,10 @@ class CreamRunSpec(_Model):
                 "data.sft is required to train M1 from model.base; or set model.sft to an "
                 "already fine-tuned model"
             )
+        stop = self.early_stopping
+        if stop is not None and stop.task is not None \
+                and stop.task not in {t.name for t in self.evaluation.tasks}:
+            raise ValueError(f"earlyStopping.task {stop.task!r} is not one of evaluation.tasks")
         n_rounds = len(self.rounds())
         n_sets = len(self.data.prompts)
         if 1 < n_sets < n_rounds:
@@ -778,6 +813,9 @@ class CreamRunStatus(_Model):
         default=None,
         description="Mean accuracy over the tasks of the latest evaluated model (3 decimals)")
     message: str | None = Field(default=None, description="What is happening, for people")
+    stopped_by: str | None = Field(
+        default=None, description="Early stopping: the step whose metric stopped the run (the "
+        "message says why); later iterations do not run")
     artifacts: str | None = Field(default=None, description="The run's artifact root")
     start_time: str | None = Field(default=None, description="When the run started")
     completion_time: str | None = Field(default=None,

@@ -90,6 +90,10 @@ CHANGES = [
         [{"kind": "sft"}, {"kind": "spin", "iterations": 9}, {"kind": "selfReward"}]),
         min_size=1, max_size=4)),
     st.builds(lambda v: _set("spec.resources.spin.nodes", v), INTS),
+    st.builds(lambda v: _set("spec.earlyStopping", v), st.fixed_dictionaries(
+        {"metric": st.sampled_from(["consistencyRate", "accuracy", "loss"])},
+        optional={"task": st.sampled_from(["arc", "gsm8k", "mmlu"]), "minDelta": FLOATS,
+                  "patience": INTS})),
     st.builds(lambda v: _set("spec.dpo.beta", v), FLOATS),
     st.builds(lambda v: _set("spec.dpo.epochs", v), INTS),
     st.builds(lambda v: _set("spec.suspend", v), BOOLS),

@@ -223,3 +223,62 @@ def test_a_first_judge_step_from_m0_needs_no_previous_model_unless_it_regularise
                                 "judge": {"consistency": True}}]))
     assert any(p.startswith("spec.schedule: step [0]") and "judge consistency" in p
                for p in problems), problems
+
+
+def _stop_spec(schedule, **rule):
+    doc = _doc(schedule)
+    doc["spec"]["earlyStopping"] = rule
+    return specfile.parse(doc).spec
+
+
+def test_early_stop_on_consistency_with_patience_skips_iterations_without_the_metric():
+    spec = _stop_spec([{"kind": "sft"}, {"kind": "selfReward"}, {"kind": "spin"},
+                       {"kind": "selfReward", "iterations": 3}],
+                      metric="consistencyRate", minDelta=0.05, patience=2)
+    steps = pipeline.plan(spec, "r")
+    rates = {1: 0.6, 3: 0.64, 4: 0.9, 5: 0.91}  # iteration 2 is SPIN's: no rate
+    metrics = {f"iter-{t}/consistency": {"consistency_rate": v} for t, v in rates.items()}
+    assert pipeline.early_stop(spec, steps, {k: metrics[k] for k in list(metrics)[:2]}) is None
+    # 0.64 < 0.6 + 0.05 (a miss), then 0.9 improves (reset), then 0.91 misses once: no stop.
+    assert pipeline.early_stop(spec, steps, metrics) is None
+    metrics["iter-4/consistency"] = {"consistency_rate": 0.62}  # two misses in a row
+    stop = pipeline.early_stop(spec, steps, metrics)
+    assert (stop.iteration, stop.step) == (4, "iter-4/consistency")
+    assert "0.62 at iteration 4 did not improve on the best 0.64 by 0.05 (2 time(s)" \
+        in stop.reason
+    assert {s.iteration for s in pipeline.until(steps, stop)} == {0, 1, 2, 3, 4}
+
+
+def test_early_stop_on_a_tasks_accuracy_counts_the_baseline_and_waits_in_order():
+    spec = _stop_spec([{"kind": "sft"}, {"kind": "selfReward", "iterations": 3}],
+                      metric="accuracy", task="arc_easy")
+    steps = pipeline.plan(spec, "r")
+    acc = {0: 0.30, 1: 0.40, 2: 0.40}
+    metrics = {f"iter-{t}/evaluate": {"accuracy": {"arc_easy": v, "siqa": 1.0}}
+               for t, v in acc.items()}
+    stop = pipeline.early_stop(spec, steps, metrics)
+    assert (stop.iteration, stop.step) == (2, "iter-2/evaluate")
+    assert "arc_easy accuracy 0.4 at iteration 2" in stop.reason
+    # A value not known yet stops the scan: later values wait for it.
+    del metrics["iter-1/evaluate"]
+    assert pipeline.early_stop(spec, steps, metrics) is None
+    # At the last iteration there is nothing left to stop.
+    metrics.update({"iter-1/evaluate": {"accuracy": {"arc_easy": 0.4}},
+                    "iter-2/evaluate": {"accuracy": {"arc_easy": 0.5}},
+                    "iter-3/evaluate": {"accuracy": {"arc_easy": 0.1}}})
+    assert pipeline.early_stop(spec, steps, metrics) is None
+
+
+@pytest.mark.parametrize(("rule", "path", "words"), [
+    ({"metric": "accuracy"}, "spec.earlyStopping", "task names"),
+    ({"metric": "consistencyRate", "task": "arc_easy"}, "spec.earlyStopping", "task names"),
+    ({"metric": "accuracy", "task": "mmlu"}, "spec", "'mmlu' is not one of evaluation.tasks"),
+    ({"metric": "accuracy", "task": "arc_easy", "minDelta": -0.1},
+     "spec.earlyStopping.minDelta", ""),
+    ({"metric": "loss"}, "spec.earlyStopping.metric", ""),
+])
+def test_bad_early_stopping_is_refused_with_the_field_path(rule, path, words):
+    doc = _doc()
+    doc["spec"]["earlyStopping"] = rule
+    problems = _problems(doc)
+    assert any(p.startswith(path) and words in p for p in problems), problems
