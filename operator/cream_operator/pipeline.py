@@ -216,7 +216,9 @@ RESULT_METRICS = {
     "consistency": {"consistency_rate": "consistency_rate", "pairs": "pairs",
                     "dropped": "dropped"},
     "spin": {"pairs": "pairs", "dropped": "dropped"},
-    "judge": {"judge_parse_failures": "parse_failures", "judge_score_mean": "score_mean"},
+    "judge": {"judge_parse_failures": "parse_failures", "judge_score_mean": "score_mean",
+              "judge_score_counts": "score_histogram"},
+    "dpo": {"reward_margin": "reward_margin", "reward_accuracy": "reward_accuracy"},
 }
 
 
@@ -347,8 +349,9 @@ def results(steps: list[Step], metrics: Mapping[str, dict], root: str, spec: Cre
         if step.stage == "judge" and step.model_index != judge_of[step.iteration]:
             continue  # the row shows the current model's judge, not the previous model's
         if step.stage in RESULT_METRICS:
-            row.update({field: m.get(name) for field, name in RESULT_METRICS[step.stage].items()})
-        elif step.stage == "evaluate":
+            row.update({field: m[name] for field, name in RESULT_METRICS[step.stage].items()
+                        if m.get(name) is not None})
+        if step.stage == "evaluate":
             row["accuracy"] = dict(m.get("accuracy", {}))
         elif c.STAGE_TABLE[step.stage].trains:
             row["model_uri"] = model_uri(spec, root, step.model_index)

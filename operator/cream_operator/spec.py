@@ -756,6 +756,15 @@ class IterationResult(_Model):
         "score from (left out of the means, never scored 0)")
     judge_score_mean: float | None = Field(
         default=None, description="judge rewarding: the mean parsed judge score")
+    judge_score_counts: dict[str, int] = Field(
+        default_factory=dict, description="judge rewarding: parsed judgements by score, the "
+        "judge's score distribution")
+    reward_margin: float | None = Field(
+        default=None, description="dpo (also of SPIN): mean z, the chosen response's implicit "
+        "reward minus the rejected one's, over training (TRL's rewards/margins)")
+    reward_accuracy: float | None = Field(
+        default=None, description="dpo (also of SPIN): share of pairs with z > 0 over training "
+        "(TRL's rewards/accuracies)")
     accuracy: dict[str, float] = Field(
         default_factory=dict, description="Accuracy per task of the model this iteration made")
     model_uri: str | None = Field(default=None, description="Where that model is")
@@ -775,6 +784,11 @@ class StepMetrics(_Model):
     parse_failures: int | None = Field(default=None,
                                        description="judge's unparseable judgements")
     score_mean: float | None = Field(default=None, description="judge's mean parsed score")
+    score_histogram: dict[str, int] = Field(default_factory=dict,
+                                            description="judge's parsed judgements by score")
+    reward_margin: float | None = Field(default=None, description="dpo's mean reward margin")
+    reward_accuracy: float | None = Field(default=None,
+                                          description="dpo's reward accuracy")
     accuracy: dict[str, float] = Field(default_factory=dict,
                                        description="evaluate's accuracy per task")
 

@@ -75,6 +75,23 @@ def test_the_dpo_stage_trains_spin_pairs_from_log_2(spun):
     assert metrics["loss_first"] == pytest.approx(math.log(2), abs=1e-4)
 
 
+def test_reward_margins_are_measured_while_training(spun):
+    metrics = json.loads((spun / "M1" / "manifest.json").read_text())["metrics"]
+    assert 0.0 <= metrics["reward_accuracy"] <= 1.0 and math.isfinite(metrics["reward_margin"])
+    # One step over every pair: the policy is still the reference, so z = 0 for each pair, up
+    # to the float error between training's and score's forward passes.
+    n = len(_rows(spun / "spin" / "pairs.jsonl"))
+    one = {"stage": "dpo", "output": str(spun / "M1-one"), "model": TINY,
+           "pairs": str(spun / "spin" / "pairs.jsonl"), "beta": 0.5,
+           "train": {"epochs": 1, "learning_rate": 1e-3, "batch_size": n,
+                     "max_length": MAX_LENGTH}}
+    proc = run_stage("dpo", one, spun, "dpo-one")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((spun / "M1-one" / "manifest.json").read_text())["metrics"]
+    assert metrics["steps"] == 1
+    assert metrics["reward_margin"] == pytest.approx(0.0, abs=1e-4)
+
+
 def test_spin_refuses_multi_turn_examples(tmp_path):
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"messages": [
@@ -114,6 +131,8 @@ def test_mixed_schedule_end_to_end_with_cream_run(tmp_path):
     assert spin["request"]["model"] == str(out / "models/M1")
     dpo = json.loads((out / "models/M2/manifest.json").read_text())
     assert dpo["request"]["beta"] == 0.5
+    assert rows[1]["reward_margin"] == dpo["metrics"]["reward_margin"]
+    assert rows[1]["reward_accuracy"] == dpo["metrics"]["reward_accuracy"]
     assert dpo["request"]["pairs"] == str(out / "iter-1/spin/pairs.jsonl")
     # The CREAM iteration after SPIN: M2 samples, M2, M1 and M0 score, M2 -> M3.
     cons = json.loads((out / "iter-2/consistency/manifest.json").read_text())
