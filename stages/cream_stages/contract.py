@@ -311,13 +311,14 @@ class StageFacts:
     request: type[_Request]
     trains: bool  # writes a model from TrainParams: torchrun under DeepSpeed, several nodes
     wants_gpu: bool  # gets the operator's default GPU count when a run names none
+    per_model: bool = False  # one step per model in an iteration: its Job names the model
 
 
 STAGE_TABLE: dict[str, StageFacts] = {f.name: f for f in (
     StageFacts("sft", SftRequest, trains=True, wants_gpu=True),
     StageFacts("sample", SampleRequest, trains=False, wants_gpu=True),
-    StageFacts("score", ScoreRequest, trains=False, wants_gpu=True),
-    StageFacts("judge", JudgeRequest, trains=False, wants_gpu=True),
+    StageFacts("score", ScoreRequest, trains=False, wants_gpu=True, per_model=True),
+    StageFacts("judge", JudgeRequest, trains=False, wants_gpu=True, per_model=True),
     StageFacts("consistency", ConsistencyRequest, trains=False, wants_gpu=False),
     StageFacts("spin", SpinRequest, trains=False, wants_gpu=True),
     StageFacts("dpo", DpoRequest, trains=True, wants_gpu=True),
