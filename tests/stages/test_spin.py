@@ -144,3 +144,4 @@ def test_mixed_schedule_end_to_end_with_cream_run(tmp_path):
     table = proc.stdout.splitlines()
     header = next(i for i, line in enumerate(table) if line.split()[:2] == ["iteration", "step"])
     assert table[header + 3].split()[:2] == ["1", "spin"]
+
