@@ -70,7 +70,7 @@ def _train_params(train, spec: CreamRunSpec) -> c.TrainParams:
 
 @dataclass
 class _Planner:
-    """What the round planners share: the run, its tasks, and the steps planned so far."""
+    """What the round planners share: the run, its artifact root, and the steps so far."""
 
     spec: CreamRunSpec
     root: str
@@ -97,7 +97,8 @@ class _Planner:
 def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
                        after: str | None) -> str:
     """CREAM's iteration with M_k as M_t: sample, score by M_k, M_{k-1} (and M_{k-2}),
-    consistency, dpo. The implicit reward needs M_{k-1}: k >= 1 (spec.schedule_problems)."""
+    consistency, dpo. The implicit reward needs M_{k-1}: k >= 1 (spec.schedule_problems). With
+    reward judge, the judges rank instead (_judge_pairs)."""
     spec, root = p.spec, p.root
     seed = spec.seed + t
     sample_dir = join(root, f"iter-{t}", "sample")
