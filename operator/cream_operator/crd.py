@@ -16,16 +16,71 @@ from cream_operator import shapes
 from cream_operator import spec as s
 
 # Cross-field rules the API server enforces with CEL, mirroring CreamRunSpec._cross_field.
+# The iterations of the whole run: `iterations`, or the sum over the schedule (CreamRunSpec.rounds).
+ROUNDS = ("(has(self.schedule) ? self.schedule.map(s, s.kind == 'sft' ? 0 : "
+          "(has(s.iterations) ? s.iterations : 1)).sum() : self.iterations)")
+
+# Cross-field rules the API server enforces with CEL, mirroring CreamRunSpec._cross_field and
+# spec.schedule_problems.
 SPEC_RULES = [
     {
-        "rule": "has(self.model.sft) || has(self.data.sft)",
+        "rule": "has(self.schedule) || has(self.model.sft) || has(self.data.sft)",
         "message": "data.sft is required to train M1 from model.base; or set model.sft to an "
         "already fine-tuned model",
     },
     {
-        "rule": "size(self.data.prompts) == 1 || size(self.data.prompts) >= self.iterations",
+        "rule": f"size(self.data.prompts) == 1 || size(self.data.prompts) >= {ROUNDS}",
         "message": "data.prompts: give one prompt set (reused every iteration) or at least one "
         "per iteration",
+    },
+    {
+        "rule": "!has(self.schedule) || !self.schedule.exists(s, s.kind == 'sft') || "
+                "(self.schedule[0].kind == 'sft' && "
+                "self.schedule.filter(s, s.kind == 'sft').size() == 1)",
+        "message": "schedule: an sft step can only be the first step, once (it makes M1 from "
+        "M0)",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.schedule) || !has(self.model.sft) || "
+                "!self.schedule.exists(s, s.kind == 'sft')",
+        "message": "schedule: model.sft is already M1; remove the sft step or model.sft",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.schedule) || has(self.data.sft) || "
+                "!self.schedule.exists(s, s.kind in ['sft', 'spin'])",
+        "message": "schedule: sft and spin steps need data.sft (examples, reference answers)",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.schedule) || has(self.model.sft) || "
+                "self.schedule[0].kind != 'selfReward' || "
+                "(has(self.schedule[0].reward) && self.schedule[0].reward == 'judge')",
+        "message": "schedule[0]: the implicit reward of a first selfReward step compares M0 with "
+        "a previous model, and there is none: start with an sft step or set model.sft",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.schedule) || has(self.model.sft) || "
+                "!has(self.schedule[0].judge) || !has(self.schedule[0].judge.consistency) || "
+                "!self.schedule[0].judge.consistency",
+        "message": "schedule[0]: judge consistency compares M0's judge rankings with a previous "
+        "model's, and there is none: start with an sft step, set model.sft, or leave "
+        "judge.consistency false",
+        "fieldPath": ".schedule",
+    },
+    {
+        "rule": "!has(self.earlyStopping) || !has(self.earlyStopping.task) || "
+                "(has(self.evaluation) && has(self.evaluation.tasks) && "
+                "self.evaluation.tasks.exists(t, t.name == self.earlyStopping.task))",
+        "message": "earlyStopping.task is not one of evaluation.tasks",
+        "fieldPath": ".earlyStopping.task",
+    },
+    {
+        "rule": f"!has(self.schedule) || {ROUNDS} <= {s.MAX_ROUNDS}",
+        "message": f"schedule: at most {s.MAX_ROUNDS} iterations in all",
+        "fieldPath": ".schedule",
     },
 ]
 

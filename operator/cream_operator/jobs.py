@@ -32,7 +32,7 @@ NAME_MAX = 63  # a Job's name becomes its Pods' job-name label value
 def job_name(run: str, uid: str, step: Step) -> str:
     """Deterministic per (run, iteration, stage, model); unique per run object; <= 63 chars."""
     suffix = f"{step.iteration}-{step.stage}"
-    if step.stage == "score":
+    if STAGE_TABLE[step.stage].per_model:
         suffix += f"-m{step.model_index}"
     tag = hashlib.sha256(f"{uid}/{step.key}".encode()).hexdigest()[:5]
     # Indexed Jobs' Pod hostnames append "-<index>": leave room for it.

@@ -58,6 +58,12 @@ def execute(
     metrics: dict[str, dict] = {}
     ran = 0
     for i, step in enumerate(steps, start=1):
+        stop = pipeline.early_stop(run.spec, steps, metrics)
+        if stop is not None and step.iteration > stop.iteration:
+            log(f"stopped early by {stop.step}: {stop.reason}; iteration {step.iteration} and "
+                "later do not run")
+            steps = pipeline.until(steps, stop)
+            break
         label = f"[{i}/{len(steps)}] {step.key}"
         manifest = read_manifest(step.manifest_uri)
         if manifest is None:
@@ -86,11 +92,14 @@ def results_document(results: list[IterationResult]) -> dict:
 
 def format_table(results: list[IterationResult]) -> str:
     tasks = sorted({name for r in results for name in r.accuracy})
-    header = ["iteration", "consistency", "pairs", "dropped", *tasks]
+    kinds = any(r.kind for r in results)  # a run with a schedule: say each iteration's step
+    header = ["iteration", *(["step"] if kinds else []), "consistency", "pairs", "dropped",
+              *tasks]
     rows = [header]
     for r in results:
         rows.append([
             str(r.iteration),
+            *([r.kind or "-"] if kinds else []),
             "-" if r.consistency_rate is None else f"{r.consistency_rate:.3f}",
             "-" if r.pairs is None else str(r.pairs),
             "-" if r.dropped is None else str(r.dropped),

@@ -30,6 +30,22 @@ class Metrics:
         self.pairs = Gauge(
             "cream_dpo_pairs", "Preference pairs an iteration trained on",
             ["namespace", "run", "iteration"], registry=r)
+        # The step kinds' own figures (issue 10): SPIN's and DPO's reward margins and accuracies
+        # (TRL's rewards/margins and rewards/accuracies), the judge's parse failures and scores.
+        self.reward_margin = Gauge(
+            "cream_reward_margin", "Mean reward margin z (chosen minus rejected implicit reward) "
+            "over an iteration's DPO training; step: selfReward or spin",
+            ["namespace", "run", "iteration", "step"], registry=r)
+        self.reward_accuracy = Gauge(
+            "cream_reward_accuracy", "Share of an iteration's training pairs with z > 0",
+            ["namespace", "run", "iteration", "step"], registry=r)
+        self.judge_parse_failures = Gauge(
+            "cream_judge_parse_failures", "Judgements an iteration's judge returned no "
+            "readable score in (left out, never scored 0)",
+            ["namespace", "run", "iteration"], registry=r)
+        self.judge_scores = Gauge(
+            "cream_judge_scores", "Parsed judgements of an iteration's judge, by score",
+            ["namespace", "run", "iteration", "score"], registry=r)
         self.stage_duration = Histogram(
             "cream_stage_duration_seconds", "Wall time of a finished stage's Job",
             ["stage"], buckets=STAGE_BUCKETS, registry=r)
@@ -63,6 +79,16 @@ class Metrics:
             for task, acc in res.accuracy.items():
                 series.add((self.accuracy, (namespace, run, it, task)))
                 self.accuracy.labels(namespace, run, it, task).set(acc)
+            step = res.kind or "selfReward"
+            for gauge, labels, value in (
+                    (self.reward_margin, (namespace, run, it, step), res.reward_margin),
+                    (self.reward_accuracy, (namespace, run, it, step), res.reward_accuracy),
+                    (self.judge_parse_failures, (namespace, run, it), res.judge_parse_failures),
+                    *((self.judge_scores, (namespace, run, it, score), count)
+                      for score, count in res.judge_score_counts.items())):
+                if value is not None:
+                    series.add((gauge, labels))
+                    gauge.labels(*labels).set(value)
         for gauge, labels in self._series.get(key, set()) - series:
             gauge.remove(*labels)
         self._series[key] = series

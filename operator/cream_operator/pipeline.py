@@ -1,8 +1,10 @@
 """The plan of a CreamRun: every stage of every iteration, its request, and what it waits for.
 
 Pure: no I/O. The local runner (`cream run`) and the operator both execute this one plan, so a run
-means the same thing on a laptop and on a cluster. Models are M0 (base), M1 = SFT(M0), and
-M_{t+1} = DPO(M_t) at iteration t = 1..T.
+means the same thing on a laptop and on a cluster. Models are M0 (base), M1 = SFT(M0) (trained, or
+model.sft), and each iteration t = 1..T trains the current model M_k into M_{k+1}: without a
+schedule k = t (CREAM's M_t); a schedule without SFT starts from M0. Each iterating step kind
+plans its iteration through ROUND_PLANNERS, the one table of kinds.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 
 from cream_stages import contract as c
 from cream_stages.artifacts import join
+from cream_stages.judge_prompt import DEFAULT_PATTERN, DEFAULT_TEMPLATE
 
-from .spec import CreamRunSpec, IterationResult
+from .spec import DEFAULT_LAMBDA, CreamRunSpec, IterationResult, JudgeSpec, ScheduleStep
 
 
 @dataclass(frozen=True)
@@ -22,8 +25,8 @@ class Step:
     iteration: int
     stage: str
     model_index: int | None  # score: the k of M_k scored; sft/dpo/evaluate: the model produced/read
-    request: c.SftRequest | c.SampleRequest | c.ScoreRequest | c.ConsistencyRequest \
-        | c.DpoRequest | c.EvaluateRequest
+    request: c.SftRequest | c.SampleRequest | c.ScoreRequest | c.JudgeRequest \
+        | c.ConsistencyRequest | c.SpinRequest | c.DpoRequest | c.EvaluateRequest
     after: tuple[str, ...]
 
     @property
@@ -65,33 +68,193 @@ def _train_params(train, spec: CreamRunSpec) -> c.TrainParams:
     )
 
 
+@dataclass
+class _Planner:
+    """What the round planners share: the run, its artifact root, and the steps so far."""
+
+    spec: CreamRunSpec
+    root: str
+    steps: list[Step]
+
+    def add(self, step: Step) -> str:
+        self.steps.append(step)
+        return step.key
+
+    def dpo(self, t: int, k: int, pairs: str, beta: float, after: str) -> str:
+        """M_k -> M_{k+1} on a pairs file, reference M_k (its log-probs are in the pairs)."""
+        spec = self.spec
+        return self.add(Step(
+            key=f"iter-{t}/dpo", iteration=t, stage="dpo", model_index=k + 1,
+            request=c.DpoRequest(
+                output=model_uri(spec, self.root, k + 1), seed=spec.seed + t,
+                model=model_uri(spec, self.root, k), pairs=pairs, beta=beta,
+                train=_train_params(spec.dpo, spec),
+            ),
+            after=(after,),
+        ))
+
+
+def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
+                       after: str | None) -> str:
+    """CREAM's iteration with M_k as M_t: sample, score by M_k, M_{k-1} (and M_{k-2}),
+    consistency, dpo. The implicit reward needs M_{k-1}: k >= 1 (spec.schedule_problems). With
+    reward judge, the judges rank instead (_judge_pairs)."""
+    spec, root = p.spec, p.root
+    seed = spec.seed + t
+    sample_dir = join(root, f"iter-{t}", "sample")
+    responses = join(sample_dir, c.RESPONSES_FILE)
+    sample_key = p.add(Step(
+        key=f"iter-{t}/sample", iteration=t, stage="sample", model_index=k,
+        request=c.SampleRequest(
+            output=sample_dir, seed=seed, model=model_uri(spec, root, k),
+            prompts=prompt_set(spec, t), n=spec.sampling.responses_per_prompt,
+            temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
+            max_tokens=spec.sampling.max_tokens, max_prompts=spec.data.max_prompts,
+            batch_size=spec.sampling.batch_size, backend=spec.sampling.backend,
+            precision=spec.model.precision,
+        ),
+        after=(after,) if after else (),
+    ))
+    if step.judges():
+        return _judge_pairs(p, t, k, step, sample_key, responses)
+    scores: dict[int, str] = {}
+    for m in [m for m in (k, k - 1, k - 2) if m >= 0]:
+        scores[m] = _score(p, t, m, responses, sample_key)
+    consistency_dir = join(root, f"iter-{t}", "consistency")
+    consistency_key = p.add(Step(
+        key=f"iter-{t}/consistency", iteration=t, stage="consistency", model_index=None,
+        request=c.ConsistencyRequest(
+            output=consistency_dir, seed=seed, iteration=k, responses=responses,
+            current=scores[k], previous=scores[k - 1], previous2=scores.get(k - 2),
+            method=spec.consistency.method, strategy=spec.consistency.strategy,
+        ),
+        after=tuple(f"iter-{t}/score-m{m}" for m in scores),
+    ))
+    return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
+
+
+def _score(p: _Planner, t: int, m: int, responses: str, after: str) -> str:
+    """s_{M_m} of every sampled response of iteration t; returns the scores file."""
+    spec = p.spec
+    out = join(p.root, f"iter-{t}", f"score-m{m}")
+    p.add(Step(
+        key=f"iter-{t}/score-m{m}", iteration=t, stage="score", model_index=m,
+        request=c.ScoreRequest(
+            output=out, seed=spec.seed + t, model=model_uri(spec, p.root, m), model_index=m,
+            responses=responses, max_length=spec.model.max_length,
+            batch_size=spec.scoring.batch_size, backend=spec.scoring.backend,
+            precision=spec.model.precision,
+        ),
+        after=(after,),
+    ))
+    return join(out, c.SCORES_FILE)
+
+
+def _judge_pairs(p: _Planner, t: int, k: int, step: ScheduleStep, sample_key: str,
+                 responses: str) -> str:
+    """SRLM's rewarding: M_k judges its responses (and M_{k-1} too, for judge consistency);
+    M_k's log-probs are dpo's reference."""
+    spec, root = p.spec, p.root
+    judge = step.judge or JudgeSpec()
+    current = _score(p, t, k, responses, sample_key)
+    files: dict[int, str] = {}
+    for m in [k, k - 1] if judge.consistency else [k]:
+        out = join(root, f"iter-{t}", f"judge-m{m}")
+        files[m] = join(out, c.JUDGEMENTS_FILE)
+        p.add(Step(
+            key=f"iter-{t}/judge-m{m}", iteration=t, stage="judge", model_index=m,
+            request=c.JudgeRequest(
+                output=out, seed=spec.seed + t, model=model_uri(spec, root, m), model_index=m,
+                responses=responses, template=judge.template or DEFAULT_TEMPLATE,
+                pattern=judge.pattern or DEFAULT_PATTERN, judgements=judge.judgements,
+                min_score=judge.min_score, max_score=judge.max_score,
+                temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
+                max_tokens=judge.max_tokens, batch_size=spec.sampling.batch_size,
+                backend=spec.sampling.backend, precision=spec.model.precision,
+            ),
+            after=(sample_key,),
+        ))
+    consistency_dir = join(root, f"iter-{t}", "consistency")
+    consistency_key = p.add(Step(
+        key=f"iter-{t}/consistency", iteration=t, stage="consistency", model_index=None,
+        request=c.ConsistencyRequest(
+            output=consistency_dir, seed=spec.seed + t, iteration=max(k, 1),
+            responses=responses, current=current, reward="judge", judgements=files[k],
+            previous_judgements=files.get(k - 1), method=spec.consistency.method,
+            strategy=spec.consistency.strategy,
+        ),
+        after=(f"iter-{t}/score-m{k}", *(f"iter-{t}/judge-m{m}" for m in files)),
+    ))
+    return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
+
+
+def _spin_round(p: _Planner, t: int, k: int, step: ScheduleStep, after: str | None) -> str:
+    """SPIN's iteration: M_k answers the SFT prompts (spin), then dpo with beta = lambda."""
+    spec, root = p.spec, p.root
+    spin_dir = join(root, f"iter-{t}", "spin")
+    spin_key = p.add(Step(
+        key=f"iter-{t}/spin", iteration=t, stage="spin", model_index=k,
+        request=c.SpinRequest(
+            output=spin_dir, seed=spec.seed + t, model=model_uri(spec, root, k),
+            data=spec.data.sft, max_examples=spec.data.max_prompts,
+            temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
+            max_tokens=spec.sampling.max_tokens, max_length=spec.model.max_length,
+            batch_size=spec.sampling.batch_size, backend=spec.sampling.backend,
+            precision=spec.model.precision,
+        ),
+        after=(after,) if after else (),
+    ))
+    lam = step.lambda_ if step.lambda_ is not None else DEFAULT_LAMBDA
+    return p.dpo(t, k, join(spin_dir, c.PAIRS_FILE), lam, spin_key)
+
+
+# The one table of step kinds that iterate: each plans one iteration t from M_k to M_{k+1} and
+# returns the key of the step that writes M_{k+1}. A new kind adds a row, nothing else here.
+ROUND_PLANNERS = {"selfReward": _self_reward_round, "spin": _spin_round}
+
+# Which of a stage's metrics make its iteration's row of results: row field -> metric.
+RESULT_METRICS = {
+    "consistency": {"consistency_rate": "consistency_rate", "pairs": "pairs",
+                    "dropped": "dropped"},
+    "spin": {"pairs": "pairs", "dropped": "dropped"},
+    "judge": {"judge_parse_failures": "parse_failures", "judge_score_mean": "score_mean",
+              "judge_score_counts": "score_histogram"},
+    "dpo": {"reward_margin": "reward_margin", "reward_accuracy": "reward_accuracy"},
+}
+
+
+def first_model(spec: CreamRunSpec) -> int:
+    """The k of the model iteration 1 starts from: M1 when there is an SFT model (trained or
+    given), else M0."""
+    return 1 if spec.trains_sft() or spec.model.sft else 0
+
+
 def plan(spec: CreamRunSpec, root: str) -> list[Step]:
     """Every step of the run in execution order; `root` is the run's artifact root URI."""
-    steps: list[Step] = []
+    p = _Planner(spec, root, [])
     tasks = [
         c.EvalTask(name=t.name, uri=t.uri, format=t.format, limit=t.limit, metric=t.metric,
                    fewshot=t.fewshot)
         for t in spec.evaluation.tasks
     ]
-    precision = spec.model.precision
-    produced_by: dict[int, str] = {}  # model index -> key of the step that writes it
 
     def evaluate(t: int, k: int, after: str | None) -> None:
         if not tasks:
             return
-        steps.append(Step(
+        p.add(Step(
             key=f"iter-{t}/evaluate", iteration=t, stage="evaluate", model_index=k,
             request=c.EvaluateRequest(
                 output=join(root, f"iter-{t}", "evaluate"), seed=spec.seed,
                 model=model_uri(spec, root, k), tasks=tasks,
                 max_tokens=spec.evaluation.max_tokens, batch_size=spec.evaluation.batch_size,
-                backend=spec.evaluation.backend, precision=precision,
+                backend=spec.evaluation.backend, precision=spec.model.precision,
             ),
             after=(after,) if after else (),
         ))
 
-    if spec.model.sft is None:
-        steps.append(Step(
+    made: str | None = None  # key of the step that writes the current model
+    if spec.trains_sft():
+        made = p.add(Step(
             key="iter-0/sft", iteration=0, stage="sft", model_index=1,
             request=c.SftRequest(
                 output=model_uri(spec, root, 1), seed=spec.seed, model=spec.model.base,
@@ -99,68 +262,60 @@ def plan(spec: CreamRunSpec, root: str) -> list[Step]:
             ),
             after=(),
         ))
-        produced_by[1] = "iter-0/sft"
+    k = first_model(spec)
     if spec.evaluation.baseline:
-        evaluate(0, 1, produced_by.get(1))
+        evaluate(0, k, made)
 
-    for t in range(1, spec.iterations + 1):
-        seed = spec.seed + t
-        sample_dir = join(root, f"iter-{t}", "sample")
-        responses = join(sample_dir, c.RESPONSES_FILE)
-        sample_key = f"iter-{t}/sample"
-        steps.append(Step(
-            key=sample_key, iteration=t, stage="sample", model_index=t,
-            request=c.SampleRequest(
-                output=sample_dir, seed=seed, model=model_uri(spec, root, t),
-                prompts=prompt_set(spec, t), n=spec.sampling.responses_per_prompt,
-                temperature=spec.sampling.temperature, top_p=spec.sampling.top_p,
-                max_tokens=spec.sampling.max_tokens, max_prompts=spec.data.max_prompts,
-                batch_size=spec.sampling.batch_size, backend=spec.sampling.backend,
-                precision=precision,
-            ),
-            after=tuple(k for k in [produced_by.get(t)] if k),
-        ))
+    for t, step in enumerate(spec.rounds(), start=1):
+        made = ROUND_PLANNERS[step.kind](p, t, k, step, made)
+        k += 1
+        evaluate(t, k, made)
+    return p.steps
 
-        scores: dict[int, str] = {}
-        for k in [m for m in (t, t - 1, t - 2) if m >= 0]:
-            out = join(root, f"iter-{t}", f"score-m{k}")
-            scores[k] = join(out, c.SCORES_FILE)
-            steps.append(Step(
-                key=f"iter-{t}/score-m{k}", iteration=t, stage="score", model_index=k,
-                request=c.ScoreRequest(
-                    output=out, seed=seed, model=model_uri(spec, root, k), model_index=k,
-                    responses=responses, max_length=spec.model.max_length,
-                    batch_size=spec.scoring.batch_size, backend=spec.scoring.backend,
-                    precision=precision,
-                ),
-                after=(sample_key,),
-            ))
 
-        consistency_dir = join(root, f"iter-{t}", "consistency")
-        consistency_key = f"iter-{t}/consistency"
-        steps.append(Step(
-            key=consistency_key, iteration=t, stage="consistency", model_index=None,
-            request=c.ConsistencyRequest(
-                output=consistency_dir, seed=seed, iteration=t, responses=responses,
-                current=scores[t], previous=scores[t - 1], previous2=scores.get(t - 2),
-                method=spec.consistency.method, strategy=spec.consistency.strategy,
-            ),
-            after=tuple(f"iter-{t}/score-m{k}" for k in scores),
-        ))
+@dataclass(frozen=True)
+class EarlyStop:
+    iteration: int  # the last iteration that runs
+    step: str  # the key of the step whose metric stopped the run
+    reason: str
 
-        dpo_key = f"iter-{t}/dpo"
-        steps.append(Step(
-            key=dpo_key, iteration=t, stage="dpo", model_index=t + 1,
-            request=c.DpoRequest(
-                output=model_uri(spec, root, t + 1), seed=seed, model=model_uri(spec, root, t),
-                pairs=join(consistency_dir, c.PAIRS_FILE), beta=spec.dpo.beta,
-                train=_train_params(spec.dpo, spec),
-            ),
-            after=(consistency_key,),
-        ))
-        produced_by[t + 1] = dpo_key
-        evaluate(t, t + 1, dpo_key)
-    return steps
+
+def early_stop(spec: CreamRunSpec, steps: list[Step], metrics: Mapping[str, dict]) \
+        -> EarlyStop | None:
+    """Whether the run stops early: the metric's values in iteration order (up to the first
+    one not known yet), each compared with the best before it; `patience` values in a row not
+    above best + minDelta (as Keras' EarlyStopping) stop it after that iteration (at the last
+    iteration there is nothing left to stop). Iterations without the metric (a SPIN iteration
+    has no consistency rate) neither stop nor reset it."""
+    rule = spec.early_stopping
+    if rule is None:
+        return None
+    stage = "consistency" if rule.metric == "consistencyRate" else "evaluate"
+    best, misses = None, 0
+    for step in (s for s in steps if s.stage == stage):
+        if step.key not in metrics:
+            return None
+        m = metrics[step.key]
+        value = m.get("consistency_rate") if stage == "consistency" \
+            else (m.get("accuracy") or {}).get(rule.task)
+        if value is None:
+            continue
+        if best is not None and value <= best + rule.min_delta:
+            misses += 1
+            if misses >= rule.patience and step.iteration < steps[-1].iteration:
+                name = "consistency rate" if stage == "consistency" else f"{rule.task} accuracy"
+                return EarlyStop(step.iteration, step.key, (
+                    f"{name} {value:.4g} at iteration {step.iteration} did not improve on the "
+                    f"best {best:.4g} by {rule.min_delta:g} ({misses} time(s) in a row)"))
+        else:
+            misses = 0
+        best = value if best is None else max(best, value)
+    return None
+
+
+def until(steps: list[Step], stop: EarlyStop | None) -> list[Step]:
+    """The steps that run: all, or those up to the iteration that stopped the run."""
+    return steps if stop is None else [s for s in steps if s.iteration <= stop.iteration]
 
 
 def runnable(steps: Iterable[Step], done: set[str], running: set[str] = frozenset()) -> list[Step]:
@@ -180,16 +335,24 @@ def results(steps: list[Step], metrics: Mapping[str, dict], root: str, spec: Cre
         -> list[IterationResult]:
     """Per-iteration results from the metrics of the finished steps' manifests (key -> metrics)."""
     by_iter: dict[int, dict] = {}
+    kinds = {t: step.kind for t, step in enumerate(spec.rounds(), start=1)}
+    judge_of: dict[int, int] = {}  # iteration -> the model whose judge made its pairs
+    for step in steps:
+        if step.stage == "judge":
+            judge_of[step.iteration] = max(step.model_index, judge_of.get(step.iteration, 0))
     for step in steps:
         m = metrics.get(step.key)
         if m is None:
             continue
         row = by_iter.setdefault(step.iteration, {"iteration": step.iteration})
-        if step.stage == "consistency":
-            row["consistency_rate"] = m.get("consistency_rate")
-            row["pairs"] = m.get("pairs")
-            row["dropped"] = m.get("dropped")
-        elif step.stage == "evaluate":
+        if spec.schedule is not None and step.iteration in kinds:
+            row["kind"] = kinds[step.iteration]
+        if step.stage == "judge" and step.model_index != judge_of[step.iteration]:
+            continue  # the row shows the current model's judge, not the previous model's
+        if step.stage in RESULT_METRICS:
+            row.update({field: m[name] for field, name in RESULT_METRICS[step.stage].items()
+                        if m.get(name) is not None})
+        if step.stage == "evaluate":
             row["accuracy"] = dict(m.get("accuracy", {}))
         elif c.STAGE_TABLE[step.stage].trains:
             row["model_uri"] = model_uri(spec, root, step.model_index)

@@ -318,6 +318,8 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
 
     metrics = {k: s.metrics.model_dump() for k, s in status_steps.items()
                if s.phase == "Succeeded" and s.metrics is not None}
+    stop = pipeline.early_stop(spec, steps, metrics)
+    planned, steps = steps, pipeline.until(steps, stop)  # a step beyond the stop is not started
     results = pipeline.results(steps, metrics, root, spec)
     latest = next((r.consistency_rate for r in reversed(results)
                    if r.consistency_rate is not None), None)
@@ -328,9 +330,12 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
         first = failed[0]
         phase, reason = "Failed", "StageFailed"
         message = f"stage {first.key} failed: {first.message or 'no message'}"
+    elif now_step is None and stop is not None:
+        phase, reason = "Succeeded", "EarlyStopped"
+        message = f"stopped early by {stop.step}: {stop.reason}"
     elif now_step is None:
         phase, reason, message = "Succeeded", "AllStagesSucceeded", \
-            f"{spec.iterations} iteration(s) done"
+            f"{len(spec.rounds())} iteration(s) done"
     elif spec.suspend:
         phase, reason = "Suspended", "Suspended"
         message = ("suspended before the next stage" if not running else
@@ -354,14 +359,16 @@ def decide(run: dict, jobs: list[JobView], now: str, config: OperatorConfig) -> 
                                              f"{step.key} started ({name})", job=name))
         phase, reason, message = _in_flight(status_steps.values())
 
-    ordered = [status_steps[s.key] for s in steps if s.key in status_steps]
+    ordered = [status_steps[s.key] for s in planned if s.key in status_steps]
     if phase in ("Succeeded", "Failed"):
         completion = prev.completion_time if prev.phase == phase and prev.completion_time else now
     else:
         completion = None
     decision.status = _finish(
         prev, generation, now, phase, reason, message,
-        iteration=now_step.iteration if now_step else spec.iterations,
+        iteration=now_step.iteration if now_step else steps[-1].iteration if stop
+        else len(spec.rounds()),
+        stopped_by=stop.step if stop else None,
         stage=now_step.stage if now_step else None,
         # Rounded for `kubectl get` (results keep full precision).
         consistency_rate=None if latest is None else round(latest, 3),

@@ -29,6 +29,7 @@ from cream_stages.contract import (
     TrainBackend,
 )
 from cream_stages.generated_tasks import FORMATS as GENERATED_FORMATS
+from cream_stages.judge_prompt import pattern_problem, template_problem
 
 from .shapes import NAME, NAME_MAX, NAME_MESSAGE, DataUri, ModelUri, StorageUri, TaskUri
 
@@ -158,7 +159,8 @@ class DataSpec(_Model):
         "by id; a single set is reused every iteration",
     )
     max_prompts: int | None = Field(default=None, ge=1,
-                                    description="Use the first N prompts of each set")
+                                    description="Use the first N prompts of each set (and, for "
+                                    "spin steps, the first N examples of data.sft)")
 
 
 class SamplingSpec(_Model):
@@ -332,16 +334,25 @@ class StageResources(_Model):
         return tp
 
 
+# Stages that run one engine on one GPU (group) whatever their resources say.
+NO_TENSOR_PARALLEL = ("sft", "consistency", "spin", "dpo")
+ONE_NODE = ("spin",)  # generates then scores: node sharding covers one engine call per stage
+
+
 class ResourcesSpec(_Model):
     """Per-stage Pod resources."""
 
     model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
         "rule": " && ".join(f"(!has(self.{st}) || !has(self.{st}.tensorParallel) || "
                             f"self.{st}.tensorParallel == 1)"
-                            for st in ("sft", "consistency", "dpo")),
+                            for st in NO_TENSOR_PARALLEL),
         "message": "tensorParallel applies to sample, score and evaluate only: leave it 1 for "
-                   "sft, consistency and dpo",
-    }]})
+                   "sft, consistency, spin and dpo",
+    }, *({
+        "rule": f"!has(self.{st}) || !has(self.{st}.nodes) || self.{st}.nodes == 1",
+        "message": f"{st} runs on one Pod: leave nodes 1",
+        "fieldPath": f".{st}.nodes",
+    } for st in ONE_NODE)]})
 
     sft: StageResources = Field(default_factory=StageResources,
                                 description="The sft stage's Pods")
@@ -349,8 +360,12 @@ class ResourcesSpec(_Model):
                                    description="The sample stage's Pods")
     score: StageResources = Field(default_factory=StageResources,
                                   description="Each score stage's Pods (one Job per model)")
+    judge: StageResources = Field(default_factory=StageResources,
+                                  description="Each judge stage's Pods (one Job per model)")
     consistency: StageResources = Field(default_factory=StageResources,
                                         description="The consistency stage's Pods (CPU only)")
+    spin: StageResources = Field(default_factory=StageResources,
+                                 description="The spin stage's Pod (one; one engine)")
     dpo: StageResources = Field(default_factory=StageResources,
                                 description="The dpo stage's Pods")
     evaluate: StageResources = Field(default_factory=StageResources,
@@ -358,11 +373,16 @@ class ResourcesSpec(_Model):
 
     @model_validator(mode="after")
     def _tensor_parallel_for_inference_only(self):
-        for stage in ("sft", "consistency", "dpo"):
+        for stage in NO_TENSOR_PARALLEL:
             tp = getattr(self, stage).tensor_parallel
             if tp != 1:
                 raise ValueError(f"{stage}.tensorParallel is {tp}: tensor parallelism applies "
                                  "to sample, score and evaluate only; leave it 1")
+        for stage in ONE_NODE:
+            nodes = getattr(self, stage).nodes
+            if nodes not in (None, 1):
+                raise ValueError(f"{stage}.nodes is {nodes}: {stage} runs on one Pod; leave "
+                                 "it 1")
         return self
 
 
@@ -405,8 +425,170 @@ class SchedulingSpec(_Model):
         "(their results stay in the status)")
 
 
+StepKind = Literal["sft", "spin", "selfReward"]
+RewardKind = Literal["implicit", "judge"]
+MAX_SCHEDULE = 16
+MAX_ROUNDS = 20  # iterations over the whole schedule, as `iterations` allows without one
+DEFAULT_LAMBDA = 0.1
+
+# What fields each step kind takes: the one table the validators (pydantic and CEL) read.
+STEP_FIELDS = {"sft": (), "spin": ("iterations", "lambda"),
+               "selfReward": ("iterations", "reward", "judge")}
+# An unescaped "(" that opens a capturing group: "(" not followed by "?", or a named group.
+# The API server's approximation of judge_math.pattern_problem (CEL cannot compile a regex).
+CAPTURING_GROUP_CEL = r"(^|[^\\])\((\?P?<[A-Za-z_]|[^?])"
+
+
+class JudgeSpec(_Model):
+    """LLM-as-a-Judge: the policy grades each sampled response K times; the pair is the best
+    and the worst judged response."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        {"rule": "!has(self.template) || (self.template.contains('{prompt}') && "
+                 "self.template.contains('{response}'))",
+         "message": "the template must contain {prompt} and {response}",
+         "fieldPath": ".template"},
+        {"rule": f"!has(self.pattern) || self.pattern.matches(r'{CAPTURING_GROUP_CEL}')",
+         "message": "the pattern needs a group capturing the number, e.g. Score: ([0-9]+)",
+         "fieldPath": ".pattern"},
+        {"rule": "(has(self.minScore) ? self.minScore : 0.0) <= "
+                 "(has(self.maxScore) ? self.maxScore : 5.0)",
+         "message": "minScore must not be above maxScore",
+         "fieldPath": ".minScore"},
+    ]})
+
+    template: Annotated[str, Field(min_length=1, max_length=8192)] | None = Field(
+        default=None,
+        description="The judge prompt, with {prompt} and {response} where the question and the "
+        "response go; default: the project's wording of SRLM's additive 5-point rubric")
+    pattern: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="Regular expression whose first group captures the score in a judgement "
+        "(first match); default: Score: <number>")
+    judgements: int = Field(default=3, ge=1, le=16,
+                            description="K, judgements per response, their scores averaged")
+    min_score: float = Field(default=0.0, ge=-1000, le=1000,
+                             description="The lowest valid score; a number outside the range "
+                             "is an unparseable judgement")
+    max_score: float = Field(default=5.0, ge=-1000, le=1000,
+                             description="The highest valid score")
+    max_tokens: int = Field(default=256, ge=1, le=32768,
+                            description="Longest judgement, in tokens")
+    consistency: bool = Field(
+        default=False,
+        description="CREAM's consistency regularisation of judge rankings: the previous model "
+        "also judges the responses and each pair is weighted by C = (tau + 1) / 2 between the "
+        "two judges' rankings (spec.consistency's method and strategy)")
+
+    @field_validator("template")
+    @classmethod
+    def _placeholders(cls, template: str | None) -> str | None:
+        problem = template and template_problem(template)
+        if problem:
+            raise ValueError(problem)
+        return template
+
+    @field_validator("pattern")
+    @classmethod
+    def _number_group(cls, pattern: str | None) -> str | None:
+        problem = pattern and pattern_problem(pattern)
+        if problem:
+            raise ValueError(problem)
+        return pattern
+
+    @field_validator("max_score")
+    @classmethod
+    def _range(cls, high: float, info: ValidationInfo) -> float:
+        low = info.data.get("min_score")
+        if low is not None and low > high:
+            raise ValueError(f"minScore ({low}) must not be above maxScore ({high})")
+        return high
+
+
+class ScheduleStep(_Model):
+    """One step of a run's schedule; the fields that apply depend on its kind."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [
+        *({"rule": f"self.kind in {[k for k, f in STEP_FIELDS.items() if name in f]!r} || "
+                   f"!has(self.{name})",
+           "message": f"{name} applies to step kinds "
+                      f"{', '.join(k for k, f in STEP_FIELDS.items() if name in f)} only",
+           "fieldPath": f".{name}"}
+          for name in ("iterations", "lambda", "reward", "judge")),
+        {"rule": "!has(self.judge) || (has(self.reward) && self.reward == 'judge')",
+         "message": "judge settings need reward: judge",
+         "fieldPath": ".judge"}]})
+
+    kind: StepKind = Field(
+        description="sft (M0 -> M1 on data.sft, with spec.sft's settings), spin (self-play "
+        "fine-tuning: chosen = data.sft's reference answer, rejected = the model's own "
+        "generation, trained with spec.dpo's settings) or selfReward (sample, reward, DPO: "
+        "CREAM's iteration)")
+    iterations: int | None = Field(
+        default=None, ge=1, le=MAX_ROUNDS,
+        description="spin and selfReward: how many times the step runs, each from the model "
+        "the last one made (default 1)")
+    lambda_: float | None = Field(
+        default=None, gt=0, le=10, alias="lambda",
+        description=f"spin only: SPIN's lambda, the weight of the logistic loss against the "
+        f"previous iteration's model (DPO's beta; default {DEFAULT_LAMBDA})")
+    reward: RewardKind | None = Field(
+        default=None,
+        description="selfReward only: implicit (CREAM's DPO reward, the log-ratio of the "
+        "current to the previous model, consistency-regularised by spec.consistency; the "
+        "default) or judge (LLM-as-a-Judge: the model grades its own responses, see judge)")
+    judge: JudgeSpec | None = Field(
+        default=None, description="selfReward with reward judge: the judge's prompt, pattern, "
+        "K, range and consistency regularisation (absent: the defaults)")
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self):
+        allowed = STEP_FIELDS[self.kind]
+        for name, value in (("iterations", self.iterations), ("lambda", self.lambda_),
+                            ("reward", self.reward), ("judge", self.judge)):
+            if value is not None and name not in allowed:
+                kinds = ", ".join(k for k, f in STEP_FIELDS.items() if name in f)
+                raise ValueError(f"{name} applies to step kinds {kinds} only, not "
+                                 f"{self.kind}")
+        if self.judge is not None and self.reward != "judge":
+            raise ValueError("judge settings need reward: judge")
+        return self
+
+    def judges(self) -> bool:
+        return self.kind == "selfReward" and self.reward == "judge"
+
+
+class EarlyStoppingSpec(_Model):
+    """Stop iterating when a metric fails to improve on its best so far by more than minDelta."""
+
+    model_config = ConfigDict(json_schema_extra={"x-kubernetes-validations": [{
+        "rule": "self.metric == 'accuracy' ? has(self.task) : !has(self.task)",
+        "message": "task names the evaluation task of metric accuracy (and only of it)",
+        "fieldPath": ".task",
+    }]})
+
+    metric: Literal["consistencyRate", "accuracy"] = Field(
+        description="consistencyRate (each selfReward iteration's) or accuracy (on `task`, of "
+        "each evaluated model, the SFT baseline included)")
+    task: Annotated[str, Field(pattern=r"^[a-z0-9_]+$", max_length=40)] | None = Field(
+        default=None, description="accuracy only: the name of one of evaluation.tasks")
+    min_delta: float = Field(default=0.0, ge=0, le=1,
+                             description="The margin: a value not above best + minDelta is no "
+                             "improvement")
+    patience: int = Field(default=1, ge=1, le=MAX_ROUNDS,
+                          description="Iterations without improvement, in a row, that stop it")
+
+    @model_validator(mode="after")
+    def _task_for_accuracy(self):
+        if (self.metric == "accuracy") != (self.task is not None):
+            raise ValueError("task names the evaluation task of metric accuracy (and only of "
+                             "it)")
+        return self
+
+
 # Which spec section holds the inference backend of each stage with engines.
-TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "evaluate": "evaluation"}
+TENSOR_PARALLEL_BACKENDS = {"sample": "sampling", "score": "scoring", "judge": "sampling",
+                            "evaluate": "evaluation"}
 
 
 class CreamRunSpec(_Model):
@@ -414,8 +596,14 @@ class CreamRunSpec(_Model):
 
     model: ModelSpec = Field(description="M0 and optionally M1 (immutable)")
     data: DataSpec = Field(description="SFT data and prompt sets")
-    iterations: int = Field(default=3, ge=1, le=20,
-                            description="T, the number of CREAM iterations")
+    iterations: int = Field(default=3, ge=1, le=MAX_ROUNDS,
+                            description="T, the number of CREAM iterations (without a "
+                            "schedule; with one, each step says its own)")
+    schedule: list[ScheduleStep] | None = Field(
+        default=None, min_length=1, max_length=MAX_SCHEDULE,
+        description="The run's steps in order, e.g. [{kind: sft}, {kind: spin, iterations: "
+        "2}, {kind: selfReward, iterations: 2}]; absent: sft (unless model.sft is set), then "
+        "`iterations` CREAM iterations")
     seed: int = Field(default=42, ge=0,
                       description="Every stage is deterministic given its request and seed")
     sampling: SamplingSpec = Field(default_factory=SamplingSpec,
@@ -428,6 +616,9 @@ class CreamRunSpec(_Model):
     dpo: DpoSpec = Field(default_factory=DpoSpec, description="Step 4: DPO training")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec,
                                        description="Step 5: accuracy per task")
+    early_stopping: EarlyStoppingSpec | None = Field(
+        default=None, description="Stop iterating when a metric stops improving; the status "
+        "says which step stopped the run and why")
     storage: StorageSpec = Field(default_factory=StorageSpec,
                                  description="Artifact storage (immutable)")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec,
@@ -440,20 +631,50 @@ class CreamRunSpec(_Model):
         default="Retain", description="Delete removes the run's artifacts with the CreamRun"
     )
 
+    def rounds(self) -> list[ScheduleStep]:
+        """The iterations t = 1..T in order, each the step it belongs to (sft excluded)."""
+        if self.schedule is None:
+            return [ScheduleStep(kind="selfReward")] * self.iterations
+        return [step for step in self.schedule if step.kind != "sft"
+                for _ in range(step.iterations or 1)]
+
+    def trains_sft(self) -> bool:
+        """Whether the run trains M1 = SFT(M0) itself."""
+        if self.schedule is None:
+            return self.model.sft is None
+        return any(step.kind == "sft" for step in self.schedule)
+
     @model_validator(mode="after")
     def _cross_field(self):
-        if self.model.sft is None and self.data.sft is None:
+        if self.schedule is None and self.model.sft is None and self.data.sft is None:
             raise ValueError(
                 "data.sft is required to train M1 from model.base; or set model.sft to an "
                 "already fine-tuned model"
             )
+        stop = self.early_stopping
+        if stop is not None and stop.task is not None \
+                and stop.task not in {t.name for t in self.evaluation.tasks}:
+            raise ValueError(f"earlyStopping.task {stop.task!r} is not one of evaluation.tasks")
+        n_rounds = len(self.rounds())
         n_sets = len(self.data.prompts)
-        if 1 < n_sets < self.iterations:
+        if 1 < n_sets < n_rounds:
             raise ValueError(
-                f"data.prompts has {n_sets} prompt sets for {self.iterations} iterations: give one "
+                f"data.prompts has {n_sets} prompt sets for {n_rounds} iterations: give one "
                 "set (reused every iteration) or at least one per iteration"
             )
         return self
+
+    @field_validator("schedule")
+    @classmethod
+    def _possible_schedule(cls, schedule, info: ValidationInfo):
+        """Refuse what no run could do, naming the step: see schedule_problems."""
+        model, data = info.data.get("model"), info.data.get("data")
+        if schedule is None or model is None or data is None:
+            return schedule  # their own problems are reported
+        problems = schedule_problems(schedule, model, data)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return schedule
 
     @model_validator(mode="after")
     def _tensor_parallel_needs_vllm(self):
@@ -465,6 +686,39 @@ class CreamRunSpec(_Model):
                                  f"{section}.backend vllm (it is {backend}): the transformers "
                                  "backend runs a model on one device")
         return self
+
+
+def schedule_problems(schedule: list[ScheduleStep], model: ModelSpec, data: DataSpec) \
+        -> list[str]:
+    """Why a schedule cannot run, each problem naming its step (crd.SPEC_RULES mirrors these
+    for the API server). M0 always exists, so a step may come first unless it needs more: the
+    implicit reward compares the current model with the previous one."""
+    problems = []
+    sft_at = [i for i, step in enumerate(schedule) if step.kind == "sft"]
+    if sft_at and sft_at != [0]:
+        problems.append(f"step [{sft_at[-1]}]: an sft step can only be the first step, once "
+                        "(it makes M1 from M0)")
+    if sft_at and model.sft is not None:
+        problems.append(f"step [{sft_at[0]}]: model.sft is already M1; remove the sft step or "
+                        "model.sft")
+    for i, step in enumerate(schedule):
+        if step.kind in ("sft", "spin") and data.sft is None:
+            problems.append(f"step [{i}]: a {step.kind} step needs data.sft (its "
+                            f"{'examples' if step.kind == 'sft' else 'reference answers'})")
+    first = schedule[0]
+    if first.kind == "selfReward" and model.sft is None:
+        if not first.judges():
+            problems.append("step [0]: the implicit reward of a first selfReward step compares "
+                            "M0 with a previous model, and there is none: start with an sft "
+                            "step or set model.sft")
+        elif first.judge is not None and first.judge.consistency:
+            problems.append("step [0]: judge consistency compares M0's judge rankings with a "
+                            "previous model's, and there is none: start with an sft step, set "
+                            "model.sft, or leave judge.consistency false")
+    total = sum(step.iterations or 1 for step in schedule if step.kind != "sft")
+    if total > MAX_ROUNDS:
+        problems.append(f"{total} iterations in all; at most {MAX_ROUNDS}")
+    return problems
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -488,11 +742,29 @@ class IterationResult(_Model):
     """What one iteration achieved."""
 
     iteration: int = Field(ge=0, description="t; 0 is the SFT baseline (M1)")
+    kind: StepKind | None = Field(default=None,
+                                  description="The schedule step this iteration belongs to "
+                                  "(runs with a schedule)")
     consistency_rate: float | None = Field(
         default=None, description="Mean consistency C over the kept prompts, in [0, 1]")
     pairs: int | None = Field(default=None, description="Preference pairs DPO trained on")
     dropped: int | None = Field(default=None,
-                                description="Prompts dropped because their rewards all tie")
+                                description="Prompts dropped because their rewards all tie "
+                                "(spin: because the own answer equals the reference)")
+    judge_parse_failures: int | None = Field(
+        default=None, description="judge rewarding: judgements the pattern could not read a "
+        "score from (left out of the means, never scored 0)")
+    judge_score_mean: float | None = Field(
+        default=None, description="judge rewarding: the mean parsed judge score")
+    judge_score_counts: dict[str, int] = Field(
+        default_factory=dict, description="judge rewarding: parsed judgements by score, the "
+        "judge's score distribution")
+    reward_margin: float | None = Field(
+        default=None, description="dpo (also of SPIN): mean z, the chosen response's implicit "
+        "reward minus the rejected one's, over training (TRL's rewards/margins)")
+    reward_accuracy: float | None = Field(
+        default=None, description="dpo (also of SPIN): share of pairs with z > 0 over training "
+        "(TRL's rewards/accuracies)")
     accuracy: dict[str, float] = Field(
         default_factory=dict, description="Accuracy per task of the model this iteration made")
     model_uri: str | None = Field(default=None, description="Where that model is")
@@ -506,8 +778,17 @@ class StepMetrics(_Model):
     """The parts of a stage's manifest metrics that the run's results are made of."""
 
     consistency_rate: float | None = Field(default=None, description="consistency's mean C")
-    pairs: int | None = Field(default=None, description="consistency's pairs")
-    dropped: int | None = Field(default=None, description="consistency's dropped prompts")
+    pairs: int | None = Field(default=None, description="consistency's (or spin's) pairs")
+    dropped: int | None = Field(default=None,
+                                description="consistency's (or spin's) dropped prompts")
+    parse_failures: int | None = Field(default=None,
+                                       description="judge's unparseable judgements")
+    score_mean: float | None = Field(default=None, description="judge's mean parsed score")
+    score_histogram: dict[str, int] = Field(default_factory=dict,
+                                            description="judge's parsed judgements by score")
+    reward_margin: float | None = Field(default=None, description="dpo's mean reward margin")
+    reward_accuracy: float | None = Field(default=None,
+                                          description="dpo's reward accuracy")
     accuracy: dict[str, float] = Field(default_factory=dict,
                                        description="evaluate's accuracy per task")
 
@@ -546,6 +827,9 @@ class CreamRunStatus(_Model):
         default=None,
         description="Mean accuracy over the tasks of the latest evaluated model (3 decimals)")
     message: str | None = Field(default=None, description="What is happening, for people")
+    stopped_by: str | None = Field(
+        default=None, description="Early stopping: the step whose metric stopped the run (the "
+        "message says why); later iterations do not run")
     artifacts: str | None = Field(default=None, description="The run's artifact root")
     start_time: str | None = Field(default=None, description="When the run started")
     completion_time: str | None = Field(default=None,

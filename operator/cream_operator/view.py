@@ -152,6 +152,14 @@ def run_status(run: dict) -> CreamRunStatus:
                         f"this cream's schema (operator and CLI versions differ?): {exc}") from None
 
 
+def _total_iterations(spec: dict) -> int | None:
+    """The run's iterations as the raw spec says them (CreamRunSpec.rounds, without parsing)."""
+    schedule = spec.get("schedule")
+    if schedule:
+        return sum(0 if s.get("kind") == "sft" else s.get("iterations") or 1 for s in schedule)
+    return spec.get("iterations")
+
+
 def format_run(run: dict) -> str:
     """A header line (phase, iteration, running stages), the message, the iterations' table."""
     meta, spec = run["metadata"], run.get("spec") or {}
@@ -160,8 +168,9 @@ def format_run(run: dict) -> str:
     head = f"{KIND} {meta['namespace']}/{meta['name']}: {phase}"
     if status.iteration is not None:
         head += f", iteration {status.iteration}"
-        if spec.get("iterations"):
-            head += f" of {spec['iterations']}"
+        total = _total_iterations(spec)
+        if total:
+            head += f" of {total}"
     running = [s.key for s in status.steps if s.phase == "Running"]
     if running:
         head += f", running {', '.join(running)}"

@@ -12,6 +12,7 @@ import logging
 
 from . import artifacts
 from . import consistency_math as cm
+from . import judge_math as jm
 from .contract import (
     MANIFEST,
     PAIRS_FILE,
@@ -22,6 +23,7 @@ from .contract import (
 )
 from .records import (
     ConsistencyRecord,
+    JudgementsRecord,
     PairRecord,
     ResponsesRecord,
     ScoresRecord,
@@ -59,10 +61,24 @@ def check_same_backend(uris: list[str]) -> None:
                               f"precisions ({detail})")
 
 
+def _read_judgements(uri: str, responses: list[ResponsesRecord]) -> dict[str, JudgementsRecord]:
+    """A judge's file, checked to cover these very responses (by digest), keyed by prompt id."""
+    loaded = {r.prompt_id: r for r in read(uri, JudgementsRecord)}
+    for row in responses:
+        rec = loaded.get(row.prompt_id)
+        if rec is None or rec.responses_digest != row.digest() \
+                or len(rec.scores) != len(row.responses):
+            raise StageInputError(f"{uri}: prompt_id {row.prompt_id}: no judgements of these "
+                                  "responses (missing, or made for another sample)")
+    return loaded
+
+
 def run(req: ConsistencyRequest) -> StageResult:
     responses = read(req.responses, ResponsesRecord)
     if not responses:
         raise StageInputError(f"{req.responses}: no responses")
+    if req.reward == "judge":
+        return _run_judge(req, responses)
     score_uris = [u for u in (req.current, req.previous, req.previous2) if u is not None]
     scores = []
     for uri in score_uris:
@@ -119,4 +135,61 @@ def run(req: ConsistencyRequest) -> StageResult:
         outputs={"pairs": PAIRS_FILE, "per_prompt": PER_PROMPT_FILE},
         metrics={"consistency_rate": rate, "pairs": len(pairs), "dropped": dropped,
                  "prompts": len(results), "method": req.method, "strategy": req.strategy},
+    )
+
+
+def _run_judge(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> StageResult:
+    """Pairs from judge scores: best vs worst judged; C (with previous_judgements) between this
+    model's and the previous model's judge rankings; M_t's log-probs (current) the reference."""
+    ref = {r.prompt_id: r for r in read(req.current, ScoresRecord)}
+    check_scores_match(req.responses, responses, req.current, ref)
+    current = _read_judgements(req.judgements, responses)
+    previous = _read_judgements(req.previous_judgements, responses) \
+        if req.previous_judgements else None
+    results = {row.prompt_id: jm.prompt_result(
+        row.prompt_id, current[row.prompt_id].scores,
+        previous[row.prompt_id].scores if previous else None, req.method)
+        for row in responses}
+    kept = {pid: r for pid, r in results.items() if r.kept}
+    if not kept:
+        raise StageInputError(f"{req.judgements}: no prompt has two responses with different "
+                              "judge scores: no preference pair can be formed")
+    weights = jm.pair_weights(results, req.strategy)
+    known = [r.c for r in kept.values() if r.c is not None]
+    field = cm.METHOD_FIELD[req.method]
+    per_prompt = [ConsistencyRecord(prompt_id=r.prompt_id, kept=r.kept, c=r.c,
+                                    **({field: r.agreement} if r.agreement is not None else {}))
+                  for r in results.values()]
+    pairs = []
+    for row in responses:
+        res = results[row.prompt_id]
+        if not res.kept:
+            continue
+        c, rj = res.chosen_index, res.rejected_index
+        scores = ref[row.prompt_id]
+        pairs.append(PairRecord(
+            prompt_id=row.prompt_id, prompt=row.prompt,
+            chosen=row.responses[c], rejected=row.responses[rj],
+            chosen_index=c, rejected_index=rj, weight=weights[row.prompt_id],
+            ref_chosen_logp=scores.logps[c], ref_rejected_logp=scores.logps[rj],
+            ref_chosen_length=scores.lengths[c], ref_rejected_length=scores.lengths[rj],
+        ))
+    write(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
+    write(artifacts.join(req.output, PAIRS_FILE), pairs)
+    judged = [current[row.prompt_id] for row in responses]
+    margins = [current[p.prompt_id].scores[p.chosen_index]
+               - current[p.prompt_id].scores[p.rejected_index] for p in pairs]
+    return StageResult(
+        inputs={"responses": req.responses, "current": req.current,
+                "judgements": req.judgements, "previous_judgements": req.previous_judgements},
+        outputs={"pairs": PAIRS_FILE, "per_prompt": PER_PROMPT_FILE},
+        metrics={
+            # The mean C over the prompts both judges ranked; None without a previous judge.
+            "consistency_rate": sum(known) / len(known) if known else None,
+            "pairs": len(pairs), "dropped": len(results) - len(kept),
+            "prompts": len(results), "reward": "judge", "method": req.method,
+            "strategy": req.strategy,
+            "unscored_responses": sum(s is None for r in judged for s in r.scores),
+            "judge_margin_mean": sum(margins) / len(margins),
+        },
     )

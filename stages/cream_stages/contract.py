@@ -20,6 +20,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .judge_prompt import pattern_problem, template_problem
+
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
 
@@ -29,15 +31,19 @@ RESPONSES_FILE = "responses.jsonl"  # sample
 SCORES_FILE = "scores.jsonl"  # score
 PAIRS_FILE = "pairs.jsonl"  # consistency
 PER_PROMPT_FILE = "consistency.jsonl"  # consistency
+JUDGEMENTS_FILE = "judgements.jsonl"  # judge
 PREDICTIONS_FILE = "predictions.jsonl"  # evaluate
+# spin writes pairs.jsonl too (chosen = reference answer, rejected = own generation), for dpo
 TRAIN_LOG_FILE = "train_log.jsonl"  # sft, dpo: the loss of every optimizer step, beside the model
 
-StageName = Literal["sft", "sample", "score", "consistency", "dpo", "evaluate"]
+StageName = Literal["sft", "sample", "score", "judge", "consistency", "spin", "dpo",
+                    "evaluate"]
 
 InferenceBackend = Literal["transformers", "vllm"]
 TrainBackend = Literal["transformers", "deepspeed"]
 RankMethod = Literal["kendall", "spearman", "toporder"]
 Strategy = Literal["avg", "dynamic", "none"]
+Reward = Literal["implicit", "judge"]
 TaskFormat = Literal["multiple_choice", "gsm8k", "lm_eval"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -141,12 +147,49 @@ class ScoreRequest(_InferenceRequest):
     precision: Precision = "float32"
 
 
+class JudgeRequest(_InferenceRequest):
+    """M_k grades every sampled response `judgements` times with a prompt template; the score is
+    read from each judgement by a pattern's first group (judge_prompt.py)."""
+
+    stage: Literal["judge"] = "judge"
+    model: str
+    model_index: int = Field(ge=0, description="k of M_k, for the record")
+    responses: str = Field(description="the sample stage's responses.jsonl")
+    template: str = Field(description="the judge prompt, with {prompt} and {response}")
+    pattern: str = Field(description="regex whose first group is the score")
+    judgements: PositiveInt = Field(default=3, description="K judgements per response")
+    min_score: float = 0.0
+    max_score: float = 5.0
+    temperature: float = Field(default=0.8, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: PositiveInt = 256
+    batch_size: PositiveInt = 8
+    precision: Precision = "float32"
+
+    @model_validator(mode="after")
+    def _template_pattern_range(self):
+        for name, problem in (("template", template_problem(self.template)),
+                              ("pattern", pattern_problem(self.pattern))):
+            if problem:
+                raise ValueError(f"field '{name}': {problem}")
+        if self.min_score > self.max_score:
+            raise ValueError(f"field 'min_score' ({self.min_score}) is above 'max_score' "
+                             f"({self.max_score})")
+        return self
+
+
 class ConsistencyRequest(_Request):
     stage: Literal["consistency"] = "consistency"
     iteration: PositiveInt
     responses: str
     current: str = Field(description="scores.jsonl of M_t (also the DPO reference log-probs)")
-    previous: str = Field(description="scores.jsonl of M_{t-1}")
+    previous: str | None = Field(default=None, description="scores.jsonl of M_{t-1} (implicit)")
+    reward: Reward = "implicit"
+    judgements: str | None = Field(default=None,
+                                   description="judge: judgements.jsonl of M_t, the rewards")
+    previous_judgements: str | None = Field(
+        default=None, description="judge: judgements.jsonl of M_{t-1} on the same responses, "
+        "for consistency regularisation; absent: plain SRLM weights (1)")
     previous2: str | None = Field(
         default=None,
         description="scores.jsonl of M_{t-2}; absent at t = 1, where r_{t-1} = s_{M0} / |y|",
@@ -156,6 +199,17 @@ class ConsistencyRequest(_Request):
 
     @model_validator(mode="after")
     def _previous2_iff_iteration_two_or_more(self):
+        if self.reward == "judge":
+            if self.judgements is None:
+                raise ValueError("field 'judgements' is required with reward judge")
+            if self.previous is not None or self.previous2 is not None:
+                raise ValueError("fields 'previous' and 'previous2' are for reward implicit")
+            return self
+        if self.judgements is not None or self.previous_judgements is not None:
+            raise ValueError("fields 'judgements' and 'previous_judgements' are for reward judge")
+        if self.previous is None:
+            raise ValueError("field 'previous' (scores of M_{t-1}) is required with reward "
+                             "implicit")
         if self.iteration >= 2 and self.previous2 is None:
             raise ValueError("field 'previous2' (scores of M_{t-2}) is required at iteration "
                              f"{self.iteration} >= 2")
@@ -163,6 +217,25 @@ class ConsistencyRequest(_Request):
             raise ValueError("field 'previous2' must be absent at iteration 1: r_0 is M0's "
                              "length-normalised log-likelihood")
         return self
+
+
+class SpinRequest(_Request):
+    """SPIN's data for one iteration: M_t answers each SFT prompt once; the pair is (reference
+    answer, own answer), with M_t's log-probs of both as dpo's reference. One engine on one Pod:
+    the stage both generates and scores, which node sharding (one call per stage) does not
+    cover."""
+
+    stage: Literal["spin"] = "spin"
+    model: str = Field(description="M_t: generates the rejected answers and is the reference")
+    data: str = Field(description="SFT data: single-turn examples, their answers the chosen")
+    max_examples: int | None = Field(default=None, ge=1, description="the first N examples")
+    temperature: float = Field(default=0.8, gt=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: PositiveInt = 768
+    max_length: PositiveInt = 2048
+    batch_size: PositiveInt = 8
+    backend: InferenceBackend = "transformers"
+    precision: Precision = "float32"
 
 
 class DpoRequest(_Request):
@@ -212,7 +285,8 @@ class EvaluateRequest(_InferenceRequest):
 
 
 StageRequest = Annotated[
-    SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest | DpoRequest | EvaluateRequest,
+    SftRequest | SampleRequest | ScoreRequest | JudgeRequest | ConsistencyRequest | SpinRequest
+    | DpoRequest | EvaluateRequest,
     Field(discriminator="stage"),
 ]
 
@@ -221,8 +295,8 @@ class _RequestEnvelope(BaseModel):
     request: StageRequest
 
 
-def parse_request(data: dict) -> SftRequest | SampleRequest | ScoreRequest | ConsistencyRequest \
-        | DpoRequest | EvaluateRequest:
+def parse_request(data: dict) -> SftRequest | SampleRequest | ScoreRequest | JudgeRequest \
+        | ConsistencyRequest | SpinRequest | DpoRequest | EvaluateRequest:
     """Validate a request dict into its stage's model (raises pydantic.ValidationError)."""
     return _RequestEnvelope.model_validate({"request": data}).request
 
@@ -237,13 +311,16 @@ class StageFacts:
     request: type[_Request]
     trains: bool  # writes a model from TrainParams: torchrun under DeepSpeed, several nodes
     wants_gpu: bool  # gets the operator's default GPU count when a run names none
+    per_model: bool = False  # one step per model in an iteration: its Job names the model
 
 
 STAGE_TABLE: dict[str, StageFacts] = {f.name: f for f in (
     StageFacts("sft", SftRequest, trains=True, wants_gpu=True),
     StageFacts("sample", SampleRequest, trains=False, wants_gpu=True),
-    StageFacts("score", ScoreRequest, trains=False, wants_gpu=True),
+    StageFacts("score", ScoreRequest, trains=False, wants_gpu=True, per_model=True),
+    StageFacts("judge", JudgeRequest, trains=False, wants_gpu=True, per_model=True),
     StageFacts("consistency", ConsistencyRequest, trains=False, wants_gpu=False),
+    StageFacts("spin", SpinRequest, trains=False, wants_gpu=True),
     StageFacts("dpo", DpoRequest, trains=True, wants_gpu=True),
     StageFacts("evaluate", EvaluateRequest, trains=False, wants_gpu=True),
 )}

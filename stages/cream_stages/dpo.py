@@ -48,15 +48,38 @@ def encode_pairs(tokenizer, pairs: list[PairRecord], max_length: int,
     return out
 
 
-def make_loss_fn(pad_id: int, beta: float, layout: str = "tree"):
+@dataclass
+class RewardStats:
+    """TRL's rewards/margins and rewards/accuracies summed over every training micro-batch this
+    process saw (z = dpo_margins; the means are what the manifest reports)."""
+
+    pairs: int = 0
+    margin_sum: float = 0.0
+    correct: int = 0
+
+    def add(self, z) -> None:
+        self.pairs += int(z.numel())
+        self.margin_sum += float(z.sum())
+        self.correct += int((z > 0).sum())
+
+    def metrics(self) -> dict:
+        if not self.pairs:
+            return {}
+        return {"reward_margin": self.margin_sum / self.pairs,
+                "reward_accuracy": self.correct / self.pairs}
+
+
+def make_loss_fn(pad_id: int, beta: float, layout: str = "tree",
+                 stats: RewardStats | None = None):
     """The loss of a micro-batch. layout "tree": chosen and rejected share their prompt's
     forward pass, packed without padding (packed_logprobs.sequence_logps_packed), where the
     model's attention is pluggable; "padded": logprobs.py's padded batch. Both give the same
-    loss and gradients (tests/stages/test_packed_dpo.py)."""
+    loss and gradients (tests/stages/test_packed_dpo.py). `stats` collects the reward margins
+    of the pairs trained on."""
     import torch  # noqa: PLC0415
 
     from .logprobs import pad_batch, sequence_logps  # noqa: PLC0415
-    from .losses import cream_dpo_loss  # noqa: PLC0415
+    from .losses import cream_dpo_loss, dpo_margins  # noqa: PLC0415
     from .packed_logprobs import sequence_logps_packed  # noqa: PLC0415
     from .tree_attention import supports_tree_attention  # noqa: PLC0415
 
@@ -77,8 +100,12 @@ def make_loss_fn(pad_id: int, beta: float, layout: str = "tree"):
             return torch.tensor([getattr(ex, name) for ex in batch], dtype=torch.float64,
                                 device=device)
 
-        losses = cream_dpo_loss(logps[:n], logps[n:], col("ref_chosen"), col("ref_rejected"),
-                                col("weight"), beta)
+        ref_chosen, ref_rejected = col("ref_chosen"), col("ref_rejected")
+        losses = cream_dpo_loss(logps[:n], logps[n:], ref_chosen, ref_rejected, col("weight"),
+                                beta)
+        if stats is not None:
+            with torch.no_grad():
+                stats.add(dpo_margins(logps[:n], logps[n:], ref_chosen, ref_rejected, beta))
         return losses.mean().float()
 
     return loss_fn
@@ -95,8 +122,9 @@ def run(req: DpoRequest) -> StageResult | None:
     tokenizer = load_tokenizer(path)
     examples = encode_pairs(tokenizer, pairs, req.train.max_length, req.pairs)
     log.info("DPO on %d pairs, beta %s, %d epoch(s)", len(examples), req.beta, req.train.epochs)
-    stats = train_and_save(path, tokenizer, examples, make_loss_fn(tokenizer.pad_token_id,
-                                                                   req.beta),
+    rewards = RewardStats()
+    stats = train_and_save(path, tokenizer, examples,
+                           make_loss_fn(tokenizer.pad_token_id, req.beta, stats=rewards),
                            req.train, req.seed, req.output, desc="dpo")
     if stats is None:
         return None
@@ -104,5 +132,7 @@ def run(req: DpoRequest) -> StageResult | None:
         inputs={"model": req.model, "pairs": req.pairs},
         outputs={"model": ".", "train_log": TRAIN_LOG_FILE},
         metrics={"pairs": stats.examples, "steps": stats.steps, "loss_first": stats.loss_first,
-                 "loss_last": stats.loss_last},
+                 "loss_last": stats.loss_last,
+                 # Over training, on this process's micro-batches (every pair on one process).
+                 **rewards.metrics()},
     )

@@ -68,6 +68,17 @@ class ScoresRecord(_Record):
         return self
 
 
+class JudgementsRecord(_Record):
+    """One prompt's responses as judged by one model (judge's): per response its mean score
+    (None when no judgement parsed), how many of its K judgements parsed, and their texts."""
+
+    prompt_id: str
+    scores: list[FiniteFloat | None]
+    parsed: list[int]
+    judgements: list[list[str]]
+    responses_digest: Sha256
+
+
 class PairRecord(_Record):
     """One DPO preference pair with its weight C and M_t's reference log-probs (consistency's)."""
 

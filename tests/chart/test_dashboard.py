@@ -63,7 +63,9 @@ def exported() -> tuple[dict[str, set[str]], set[str]]:
     observation of each metric so that labelled series exist."""
     m = Metrics()
     m.observe_run("ml", "tiny", CreamRunStatus(phase="Running", results=[
-        IterationResult(iteration=1, consistency_rate=0.7, pairs=3, accuracy={"gsm8k": 0.2})]))
+        IterationResult(iteration=1, consistency_rate=0.7, pairs=3, accuracy={"gsm8k": 0.2},
+                        reward_margin=0.1, reward_accuracy=0.5, judge_parse_failures=2,
+                        judge_score_counts={"4.0": 3})]))
     m.stage_finished("sft", 12.0)
     m.stage_failed("dpo")
     m.reconcile.observe(0.01)
@@ -139,6 +141,8 @@ def test_every_exported_metric_is_on_the_dashboard():
 def test_required_panels_are_there():
     exprs = "\n".join(e for _, e, _ in queries(load()))
     for needle in ("cream_consistency_rate{", "cream_eval_accuracy{", "cream_dpo_pairs{",
+                   "cream_reward_margin{", "cream_reward_accuracy{",
+                   "cream_judge_parse_failures{", "cream_judge_scores{",
                    "histogram_quantile(0.5, sum by (le, stage) "
                    "(cream_stage_duration_seconds_bucket",
                    "sum by (stage) (cream_stage_duration_seconds_sum) / "
@@ -212,12 +216,28 @@ def frames_with_data(result: dict) -> list[dict]:
 
 
 @pytest.mark.cluster
+def mixed_run() -> dict:
+    """The tiny example as a schedule with every step kind the dashboard shows: CREAM, then an
+    iteration the model judges itself (a pattern any digit satisfies, so the tiny random model's
+    judgements parse), then CREAM again, so the run is still going when iteration 2 is done."""
+    doc = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())
+    spec = doc["spec"]
+    del spec["iterations"]
+    spec["data"]["prompts"] = spec["data"]["prompts"][:1]
+    spec["schedule"] = [
+        {"kind": "sft"}, {"kind": "selfReward"},
+        {"kind": "selfReward", "reward": "judge",
+         "judge": {"pattern": "([0-9])", "maxScore": 9, "judgements": 2, "maxTokens": 16}},
+        {"kind": "selfReward"}]
+    return doc
+
+
 def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
         tmp_path, kubectl, kube_env, k8s_api, namespace, s3, prometheus_factory, wait_until):
     """The chart's dashboard imported into a real Grafana (kubeharness/grafana.py), a Prometheus
-    datasource scraping a real operator while a CreamRun is half done: every panel's every
-    query, sent through Grafana's /api/ds/query as the panel sends it, returns data, and the
-    variables' label_values() queries list the run."""
+    datasource scraping a real operator while a CreamRun (mixed_run) is half done: every
+    panel's every query, sent through Grafana's /api/ds/query as the panel sends it, returns
+    data, and the variables' label_values() queries list the run."""
     kubectl("apply", "--server-side", "-f", str(ROOT / "crds" / "cream.dev_creamruns.yaml"))
     kubectl("wait", "--for=condition=Established", "--timeout=60s", f"crd/{PLURAL}.{GROUP}")
     bucket = s3.make_bucket()
@@ -228,8 +248,7 @@ def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
     custom = client.CustomObjectsApi(k8s_api)
     try:
         # JSON, not YAML: kubectl reads YAML 1.1, where the key `n` would be false.
-        kubectl("apply", "-n", namespace, "-f", "-",
-                input=json.dumps(yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())))
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(mixed_run()))
         prom = prometheus_factory(targets=[f"127.0.0.1:{op.metrics_port}"])
         grafana.start()  # its first start (database migrations) overlaps the run's first stages
         grafana.add_prometheus(prom.url, uid="prometheus")
@@ -242,21 +261,23 @@ def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
             run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
             return run.get("status") or {}
 
-        def iteration_one_measured() -> dict | None:
+        def iteration_two_trained() -> dict | None:
             st = status()
             assert st.get("phase") != "Failed", json.dumps(st, indent=1)[-3000:]
-            done = any(r.get("consistencyRate") is not None for r in st.get("results", []))
+            done = any(r["iteration"] == 2 and r.get("rewardMargin") is not None
+                       for r in st.get("results", []))
             return st if done else None
 
         try:
-            wait_until(iteration_one_measured, RUN_TIMEOUT, "iteration 1's consistency",
-                       interval=2)
+            wait_until(iteration_two_trained, RUN_TIMEOUT, "iteration 2's DPO", interval=2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\noperator log:\n{op.log_text()[-4000:]}") from None
-        wait_until(lambda: prom.query(
-            f'cream_consistency_rate{{namespace="{namespace}",run="tiny",iteration="1"}}'),
-            60, "Prometheus to scrape iteration 1's consistency")
-        assert status()["phase"] == "Running"  # mid-run: iteration 2 is still to come
+        for metric in ("cream_consistency_rate", "cream_reward_margin",
+                       "cream_judge_parse_failures"):
+            wait_until(lambda metric=metric: prom.query(
+                f'{metric}{{namespace="{namespace}",run="tiny"}}'),
+                60, f"Prometheus to scrape {metric}")
+        assert status()["phase"] == "Running"  # mid-run: iteration 3 is still to come
 
         # The variables' dropdowns, as Grafana fills them (its datasource resource API).
         for var in dash["templating"]["list"]:

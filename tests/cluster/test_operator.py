@@ -766,3 +766,99 @@ def test_two_node_training_runs_as_indexed_jobs_and_a_killed_worker_retries_the_
         assert len({p.status.pod_ip for p in done}) == 2
         assert {p.spec.hostname for p in done} == {f"{name}-0", f"{name}-1"}
         assert all(p.spec.subdomain == name for p in done)
+
+
+# --- a run as a schedule of steps (issue 10) ----------------------------------------------------
+# A mixed schedule through the operator: SFT, SPIN, a judge-rewarded iteration with judge
+# consistency and a CREAM iteration, each stage a Job, reaching Succeeded with the status, the
+# artifacts in S3 and the metrics agreeing; and a judge that never parses failing its stage.
+
+DIGIT_JUDGE = {"template": "Rate from 0 to 9.\nQ: {prompt}\nA: {response}\nRating:",
+               "pattern": "([0-9])", "maxScore": 9, "judgements": 2, "maxTokens": 16}
+
+
+def _mixed(name: str, schedule: list, **spec_changes) -> dict:
+    doc = yaml.safe_load(TINY.read_text())
+    doc["metadata"]["name"] = name
+    spec = doc["spec"]
+    del spec["iterations"]
+    spec["schedule"] = schedule
+    spec["data"]["prompts"] = spec["data"]["prompts"][:1]
+    spec["data"]["maxPrompts"] = 6
+    spec["sft"]["epochs"] = 2
+    spec["evaluation"]["tasks"] = [{"name": "arc_easy", "uri": "builtin://data/arc_easy.jsonl",
+                                    "format": "multiple_choice", "limit": 3}]
+    spec.update(spec_changes)
+    return doc
+
+
+def test_a_mixed_schedule_succeeds_through_the_operator(
+        k8s_api, kubectl, namespace, operator, creations, s3, bucket, wait_until):
+    doc = _mixed("mixed", [
+        {"kind": "sft"}, {"kind": "spin", "lambda": 0.5},
+        {"kind": "selfReward", "reward": "judge", "judge": {**DIGIT_JUDGE, "consistency": True}},
+        {"kind": "selfReward"}])
+    _apply(kubectl, namespace, doc)
+    status = _wait_phase(wait_until, k8s_api, namespace, "mixed", {"Succeeded", "Failed"},
+                         operator, timeout=RUN_TIMEOUT)
+    assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[-4000:]
+
+    steps = pipeline.plan(specfile.parse(doc).spec, status["artifacts"])
+    assert sorted(j.metadata.annotations["cream.dev/step"] for j in _jobs(k8s_api, namespace)) \
+        == sorted(s.key for s in steps)
+    assert all(len(uids) == 1 for uids in creations.uids.values())
+    client_ = s3.client()
+    prefix = f"s3://{bucket}/"
+    manifests = {s.key: json.loads(client_.get_object(
+        Bucket=bucket, Key=s.manifest_uri.removeprefix(prefix))["Body"].read()) for s in steps}
+    results = {r["iteration"]: r for r in status["results"]}
+    assert sorted(results) == [0, 1, 2, 3]
+    assert [results[t].get("kind") for t in (1, 2, 3)] == ["spin", "selfReward", "selfReward"]
+
+    spin = manifests["iter-1/spin"]["metrics"]
+    assert results[1]["pairs"] == spin["pairs"] and results[1]["dropped"] == spin["dropped"]
+    judge = manifests["iter-2/judge-m2"]["metrics"]
+    assert results[2]["judgeParseFailures"] == judge["parse_failures"]
+    assert results[2]["judgeScoreMean"] == pytest.approx(judge["score_mean"])
+    assert results[2]["judgeScoreCounts"] == judge["score_histogram"]
+    # Judge consistency: M1, the previous model, judged the same responses.
+    assert manifests["iter-2/judge-m1"]["request"]["model"] == \
+        f"{status['artifacts']}/models/M1"
+    cons2 = manifests["iter-2/consistency"]["metrics"]
+    assert cons2["reward"] == "judge" and results[2]["pairs"] == cons2["pairs"]
+    cons3 = manifests["iter-3/consistency"]["metrics"]
+    assert results[3]["consistencyRate"] == pytest.approx(cons3["consistency_rate"])
+    for t in (1, 2, 3):
+        dpo = manifests[f"iter-{t}/dpo"]
+        assert results[t]["rewardMargin"] == pytest.approx(dpo["metrics"]["reward_margin"])
+        assert results[t]["modelUri"] == f"{status['artifacts']}/models/M{t + 1}"
+    assert manifests["iter-1/dpo"]["request"]["beta"] == 0.5
+
+    text = operator.metrics_text()
+    assert _metric(text, "cream_reward_margin", namespace=namespace, run="mixed", iteration=1,
+                   step="spin") == pytest.approx(results[1]["rewardMargin"])
+    assert _metric(text, "cream_reward_accuracy", namespace=namespace, run="mixed",
+                   iteration=3, step="selfReward") == \
+        pytest.approx(results[3]["rewardAccuracy"])
+    assert _metric(text, "cream_judge_parse_failures", namespace=namespace, run="mixed",
+                   iteration=2) == results[2]["judgeParseFailures"]
+    for score, count in results[2]["judgeScoreCounts"].items():
+        assert _metric(text, "cream_judge_scores", namespace=namespace, run="mixed",
+                       iteration=2, score=score) == count
+    assert _metric(text, "cream_consistency_rate", namespace=namespace, run="mixed",
+                   iteration=3) == pytest.approx(results[3]["consistencyRate"])
+
+
+def test_a_judge_that_never_parses_fails_the_run_saying_so(
+        k8s_api, kubectl, namespace, operator, wait_until):
+    doc = _mixed("unparsed", [{"kind": "selfReward", "reward": "judge",
+                               "judge": {"judgements": 1, "maxTokens": 8}}],
+                 evaluation={"tasks": [], "baseline": False})
+    doc["spec"]["model"]["sft"] = "builtin://tiny-llama"
+    del doc["spec"]["data"]["sft"]
+    _apply(kubectl, namespace, doc)
+    status = _wait_phase(wait_until, k8s_api, namespace, "unparsed", {"Succeeded", "Failed"},
+                         operator, timeout=600)
+    assert status["phase"] == "Failed"
+    assert "iter-1/judge-m1" in status["message"]
+    assert "never returned a parseable score: 0 of 24 judgements" in status["message"]

@@ -54,6 +54,17 @@ INTS = st.one_of(st.integers(-1, 30), st.sampled_from(["2", 2.0, 2.5, True]))
 FLOATS = st.one_of(st.floats(-0.5, 1.5, allow_nan=False), st.integers(0, 2),
                    st.sampled_from(["0.5", True]))
 BOOLS = st.sampled_from([True, False, "true", 1])
+# Schedule steps, each kind with any of the fields (most apply to one kind only).
+STEPS = st.fixed_dictionaries(
+    {"kind": st.sampled_from(["sft", "spin", "selfReward", "dance"])},
+    optional={"iterations": INTS, "lambda": FLOATS,
+              "reward": st.sampled_from(["implicit", "judge", "model"]),
+              "judge": st.fixed_dictionaries({}, optional={
+                  "template": st.sampled_from(["{prompt} {response}", "{prompt}", "x"]),
+                  "pattern": st.sampled_from([r"Score: (\d+)", r"Score: \d+", r"(?:a)(b)",
+                                              r"(?P<n>\d)", r"\(\d\)", r"(?:\d)"]),
+                  "minScore": FLOATS, "maxScore": FLOATS, "judgements": INTS,
+                  "consistency": BOOLS})})
 
 
 def _set(path: str, value):
@@ -74,6 +85,15 @@ CHANGES = [
     st.builds(lambda v: _set("spec.data.sft", v), DATA),
     st.builds(lambda v: _set("spec.data.prompts", v), st.lists(DATA, min_size=1, max_size=3)),
     st.builds(lambda v: _set("spec.iterations", v), INTS),
+    st.builds(lambda v: _set("spec.schedule", v), st.lists(STEPS, max_size=4)),
+    st.builds(lambda v: _set("spec.schedule", v), st.lists(st.sampled_from(
+        [{"kind": "sft"}, {"kind": "spin", "iterations": 9}, {"kind": "selfReward"}]),
+        min_size=1, max_size=4)),
+    st.builds(lambda v: _set("spec.resources.spin.nodes", v), INTS),
+    st.builds(lambda v: _set("spec.earlyStopping", v), st.fixed_dictionaries(
+        {"metric": st.sampled_from(["consistencyRate", "accuracy", "loss"])},
+        optional={"task": st.sampled_from(["arc", "gsm8k", "mmlu"]), "minDelta": FLOATS,
+                  "patience": INTS})),
     st.builds(lambda v: _set("spec.dpo.beta", v), FLOATS),
     st.builds(lambda v: _set("spec.dpo.epochs", v), INTS),
     st.builds(lambda v: _set("spec.suspend", v), BOOLS),
@@ -134,3 +154,66 @@ def test_cream_validate_and_the_api_server_agree(crd, k8s_api, namespace, tmp_pa
                                  f"cream validate: {why_local}")
 
     agree()
+
+
+# The schedule rules, one document each, with the field path the API server names.
+SCHEDULES = [
+    ([{"kind": "spin"}, {"kind": "sft"}], {}, "spec.schedule", "sft step can only be the first"),
+    ([{"kind": "sft"}, {"kind": "spin"}], {"spec.model.sft": "hf://org/m1"}, "spec.schedule",
+     "model.sft is already M1"),
+    ([{"kind": "spin"}], {"spec.model.sft": "hf://org/m1", "spec.data.sft": None},
+     "spec.schedule", "need data.sft"),
+    ([{"kind": "selfReward"}], {}, "spec.schedule", "there is none"),
+    ([{"kind": "sft"}, {"kind": "spin", "iterations": 11}, {"kind": "selfReward",
+                                                            "iterations": 10}], {},
+     "spec.schedule", "at most 20 iterations"),
+    ([{"kind": "sft", "iterations": 2}], {}, "spec.schedule[0].iterations", "iterations applies"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "lambda": 0.1}], {}, "spec.schedule[1].lambda",
+     "lambda applies"),
+    ([{"kind": "sft"}, {"kind": "spin", "reward": "implicit"}], {}, "spec.schedule[1].reward",
+     "reward applies"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"template": "Rate {prompt}"}}], {},
+     "spec.schedule[1].judge.template", "{response}"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"pattern": "Score: [0-9]+"}}], {},
+     "spec.schedule[1].judge.pattern", "group capturing"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "judge",
+                        "judge": {"minScore": 5, "maxScore": 1}}], {},
+     "spec.schedule[1].judge.minScore", "not be above maxScore"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "judge": {}}], {}, "spec.schedule[1].judge",
+     "need reward: judge"),
+    ([{"kind": "selfReward", "reward": "judge", "judge": {"consistency": True}}], {},
+     "spec.schedule", "judge consistency"),
+]
+
+
+@pytest.mark.parametrize(("schedule", "changes", "path", "words"), SCHEDULES)
+def test_impossible_schedules_are_refused_by_both_with_the_field_path(
+        crd, k8s_api, namespace, tmp_path, capsys, schedule, changes, path, words):
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["schedule"] = schedule
+    for field, value in changes.items():
+        *parents, last = field.split(".")
+        node = doc
+        for part in parents:
+            node = node[part]
+        if value is None:
+            del node[last]
+        else:
+            node[last] = value
+    server, why_server = api_server_accepts(client.CustomObjectsApi(k8s_api), namespace, doc)
+    local, why_local = cream_validate_accepts(tmp_path, doc, capsys)
+    assert not server and not local, (why_server, why_local)
+    assert f"{path}: " in why_server and words in why_server, why_server
+    # cream validate names the step, and the field where it is the field's own problem.
+    assert path.split("[")[0] in why_local and words.split()[0] in why_local, why_local
+
+
+def test_a_mixed_schedule_is_accepted_by_both(crd, k8s_api, namespace, tmp_path, capsys):
+    doc = copy.deepcopy(BASE)
+    doc["spec"]["schedule"] = [{"kind": "sft"}, {"kind": "spin", "iterations": 2, "lambda": 0.5},
+                               {"kind": "selfReward", "iterations": 2, "reward": "implicit"}]
+    server, why_server = api_server_accepts(client.CustomObjectsApi(k8s_api), namespace, doc)
+    local, why_local = cream_validate_accepts(tmp_path, doc, capsys)
+    assert server and local, (why_server, why_local)

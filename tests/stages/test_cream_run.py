@@ -92,3 +92,26 @@ def test_a_failed_stage_stops_the_run_and_a_rerun_resumes(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "[1/6] iter-0/sft: done already, skipped" in resumed.stdout
     assert "5 stage(s) ran" in resumed.stdout
+
+
+def test_early_stopping_ends_a_cream_run_after_the_iteration_that_did_not_improve(tmp_path):
+    doc = yaml.safe_load((ROOT / "examples/tiny.yaml").read_text())
+    spec = doc["spec"]
+    spec["iterations"] = 3
+    spec["data"]["prompts"] = spec["data"]["prompts"][:1]
+    spec["data"]["maxPrompts"] = 6
+    spec["sft"]["epochs"] = 2
+    spec["evaluation"] = {"tasks": [], "baseline": False}
+    # A consistency rate is in [0, 1]: none can improve on the best by more than 1, so the
+    # second iteration stops the run and the third never starts.
+    spec["earlyStopping"] = {"metric": "consistencyRate", "minDelta": 1.0}
+    spec_file = tmp_path / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
+    out = tmp_path / "out"
+    proc = _cream("run", str(spec_file), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped early by iter-2/consistency: consistency rate" in proc.stdout
+    assert (out / "models/M3/manifest.json").exists()  # the stopping iteration finishes
+    assert not (out / "iter-3").exists() and not (out / "models/M4").exists()
+    rows = json.loads((out / "results.json").read_text())["iterations"]
+    assert [r["iteration"] for r in rows] == [0, 1, 2]

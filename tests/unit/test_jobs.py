@@ -309,3 +309,21 @@ def test_a_root_or_unparsable_stage_user_is_refused_naming_the_variable():
     for value in ("0", "cream", "-1"):
         with pytest.raises(ValueError, match=r"CREAM_STAGE_RUN_AS_USER=.*10001"):
             OperatorConfig.from_env({"CREAM_STAGE_RUN_AS_USER": value})
+
+
+def test_judge_and_spin_steps_get_named_jobs_with_their_stage_resources():
+    doc = copy.deepcopy(TINY)
+    del doc["spec"]["iterations"]
+    doc["spec"]["data"]["prompts"] = doc["spec"]["data"]["prompts"][:1]
+    doc["spec"]["schedule"] = [{"kind": "sft"}, {"kind": "spin"}, {
+        "kind": "selfReward", "reward": "judge", "judge": {"consistency": True}}]
+    doc["spec"]["resources"]["judge"] = {"gpus": 0, "cpu": "3"}
+    spec, steps = _steps(doc)
+    names = {k: jobs.job_name("tiny", "0b1e-uid", s) for k, s in steps.items()}
+    assert names["iter-2/judge-m2"].endswith("-2-judge-m2")
+    assert names["iter-2/judge-m1"].endswith("-2-judge-m1")
+    assert names["iter-1/spin"].endswith("-1-spin")
+    job = jobs.job_manifest(RUN, spec, steps["iter-2/judge-m2"], CONFIG)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["judge", "--request"]
+    assert container["resources"]["requests"]["cpu"] == "3"

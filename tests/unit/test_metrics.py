@@ -58,3 +58,28 @@ def test_every_stage_has_its_failure_and_duration_series_from_the_start():
     for stage in ("sft", "sample", "score", "consistency", "dpo", "evaluate"):
         assert _value(m, "cream_stage_failures_total", stage=stage) == 0
         assert _value(m, "cream_stage_duration_seconds_count", stage=stage) == 0
+
+
+def test_step_kinds_figures_follow_the_status():
+    m = Metrics()
+    results = [IterationResult(iteration=1, kind="spin", pairs=6, reward_margin=0.4,
+                               reward_accuracy=0.75),
+               IterationResult(iteration=2, kind="selfReward", pairs=5, reward_margin=0.1,
+                               reward_accuracy=0.6, judge_parse_failures=7,
+                               judge_score_counts={"3.0": 4, "5.0": 2})]
+    m.observe_run("ml", "mix", _status("Running", results))
+    assert _value(m, "cream_reward_margin", namespace="ml", run="mix", iteration="1",
+                  step="spin") == 0.4
+    assert _value(m, "cream_reward_accuracy", namespace="ml", run="mix", iteration="2",
+                  step="selfReward") == 0.6
+    assert _value(m, "cream_judge_parse_failures", namespace="ml", run="mix",
+                  iteration="2") == 7
+    assert _value(m, "cream_judge_scores", namespace="ml", run="mix", iteration="2",
+                  score="3.0") == 4
+    # A run without a schedule: its DPO iterations are selfReward ones.
+    m.observe_run("ml", "plain", _status("Running", [IterationResult(
+        iteration=1, reward_margin=0.2, reward_accuracy=0.5)]))
+    assert _value(m, "cream_reward_margin", namespace="ml", run="plain", iteration="1",
+                  step="selfReward") == 0.2
+    m.forget_run("ml", "mix")
+    assert 'run="mix"' not in generate_latest(m.registry).decode()

@@ -14,6 +14,7 @@ from cream_operator import policy
 from cream_operator.config import OperatorConfig
 from cream_operator.reconcile import decide
 from cream_operator.spec import CreamRunSpec
+from cream_stages.contract import STAGES
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = yaml.safe_load((ROOT / "examples/tiny.yaml").read_text())["spec"]
@@ -97,8 +98,7 @@ def _fields_naming(model: type[BaseModel], prefix: str) -> set[str]:
 def test_every_field_that_picks_an_image_account_or_secret_is_checked():
     everything = _spec(
         scheduling={"image": "x:1", "serviceAccountName": "sa"}, storage={"secretName": "s"},
-        resources={stage: {"image": "x:1"} for stage in
-                   ("sft", "sample", "score", "consistency", "dpo", "evaluate")})
+        resources={stage: {"image": "x:1"} for stage in STAGES})
     checked = {m.split(":")[0] for m in policy.refusals(everything, CONFIG)}
     assert checked == _fields_naming(CreamRunSpec, "spec")
 

@@ -455,3 +455,28 @@ def test_one_stage_blocked_beside_one_running_keeps_the_run_running_and_says_so(
     conds = {c.type: c for c in d.status.conditions}
     assert conds["PodCreationFailed"].status == "True"
     assert conds["PodCreationFailed"].message.startswith("iter-1/score-m1: ")
+
+
+def test_early_stopping_ends_the_run_saying_which_step_stopped_it_and_why():
+    prompts = {**TINY["spec"]["data"], "prompts": TINY["spec"]["data"]["prompts"][:1]}
+    # Every iteration's consistency rate is 0.75 (_metrics_for): iteration 2 does not improve
+    # on iteration 1's by 0.01, so iteration 3 never starts.
+    run = _run(iterations=3, data=prompts,
+               earlyStopping={"metric": "consistencyRate", "minDelta": 0.01})
+    d, created = _simulate(run)
+    assert d.status.phase == "Succeeded"
+    assert d.status.stopped_by == "iter-2/consistency"
+    assert "stopped early by iter-2/consistency" in d.status.message
+    assert "did not improve on the best 0.75 by 0.01" in d.status.message
+    succeeded = next(c for c in d.status.conditions if c.type == "Succeeded")
+    assert (succeeded.status, succeeded.reason) == ("True", "EarlyStopped")
+    assert not [k for k in created if k.startswith("iter-3/")]
+    assert "iter-2/evaluate" in created  # the stopping iteration finishes
+    assert [r.iteration for r in d.status.results] == [0, 1, 2]
+    assert d.status.iteration == 2
+
+
+def test_without_early_stopping_the_same_run_does_every_iteration():
+    prompts = {**TINY["spec"]["data"], "prompts": TINY["spec"]["data"]["prompts"][:1]}
+    d, created = _simulate(_run(iterations=3, data=prompts))
+    assert d.status.stopped_by is None and "iter-3/dpo" in created

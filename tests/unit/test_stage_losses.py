@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from cream_stages.losses import cream_dpo_loss
+from cream_stages.losses import cream_dpo_loss, spin_loss
 
 POLICY_C = torch.tensor([-10.0, -3.0, -50.0, -7.0], dtype=torch.float64)
 POLICY_R = torch.tensor([-12.0, -2.0, -40.0, -7.5], dtype=torch.float64)
@@ -61,3 +61,25 @@ def test_finite_for_huge_margins():
     big = torch.tensor([1e4, -1e4])
     got = cream_dpo_loss(big, -big, torch.zeros(2), torch.zeros(2), torch.tensor([0.9, 0.1]), 1.0)
     assert torch.isfinite(got).all()
+
+
+# SPIN (Chen et al. 2024, eq. 4.2 with the logistic loss l(u) = log(1 + exp(-u))).
+@pytest.mark.parametrize("lam", [0.01, 0.1, 1.0, 5.0])
+def test_spin_loss_and_its_gradient_match_the_closed_form(lam):
+    real = POLICY_C.clone().requires_grad_(True)
+    own = POLICY_R.clone().requires_grad_(True)
+    got = spin_loss(real, own, REF_C, REF_R, lam)
+    got.sum().backward()
+    for i in range(4):
+        u = lam * ((POLICY_C[i].item() - REF_C[i].item()) - (POLICY_R[i].item() - REF_R[i].item()))
+        assert got[i].item() == pytest.approx(math.log1p(math.exp(-u)), rel=1e-12)
+        # dl/du = -1 / (1 + e^u): the real answer's log-prob pushed up, the own one's down.
+        dl_du = -1 / (1 + math.exp(u))
+        assert real.grad[i].item() == pytest.approx(lam * dl_du, rel=1e-12)
+        assert own.grad[i].item() == pytest.approx(-lam * dl_du, rel=1e-12)
+
+
+def test_spin_loss_is_the_dpo_stage_loss_with_beta_lambda_and_weight_one():
+    ones = torch.ones(4, dtype=torch.float64)
+    assert torch.equal(spin_loss(POLICY_C, POLICY_R, REF_C, REF_R, 0.3),
+                       cream_dpo_loss(POLICY_C, POLICY_R, REF_C, REF_R, ones, 0.3))
