@@ -727,9 +727,11 @@ Phase = Literal["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 
 
 class Condition(_Model):
-    """A metav1.Condition: Progressing, Suspended, Succeeded and Failed are always present."""
+    """A metav1.Condition: Progressing, Suspended, Succeeded and Failed are always present;
+    PodCreationFailed appears once a stage's Job could not create its Pods."""
 
-    type: str = Field(description="Progressing, Suspended, Succeeded or Failed")
+    type: str = Field(description="Progressing, Suspended, Succeeded, Failed or PodCreationFailed "
+                                  "(True while a stage's Job cannot create its Pods)")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown")
     reason: str = Field(description="Why, in one CamelCase word")
     message: str = Field(default="", description="Why, for people")
