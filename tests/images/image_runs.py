@@ -20,9 +20,10 @@ RUN = {"metadata": {"name": "tiny", "namespace": "ml", "uid": "0b1e-uid"}}
 
 
 def all_job_manifests() -> list[dict]:
-    """Every Job the operator creates for the example runs (tiny on CPU, 8B on 8-GPU nodes)."""
+    """Every Job the operator creates for the example runs (tiny on CPU, every step kind on the
+    tiny model, 8B on 8-GPU nodes)."""
     out = []
-    for example in ("tiny.yaml", "llama3-8b.yaml"):
+    for example in ("tiny.yaml", "tiny-schedule.yaml", "llama3-8b.yaml"):
         spec = specfile.parse(yaml.safe_load((ROOT / "examples" / example).read_text())).spec
         for step in pipeline.plan(spec, "s3://b/runs/ml/tiny/0b1e-uid"):
             out.append(jobs.job_manifest(RUN, spec, step, OperatorConfig()))
