@@ -109,20 +109,7 @@ def run(req: ConsistencyRequest) -> StageResult:
     per_prompt = [ConsistencyRecord(prompt_id=r.prompt_id, kept=r.kept, c=r.c,
                                     **{field: r.agreement})
                   for r in results.values()]
-    pairs = []
-    for row in responses:
-        res = results[row.prompt_id]
-        if not res.kept:
-            continue
-        c, rj = res.chosen_index, res.rejected_index
-        ref = current[row.prompt_id]
-        pairs.append(PairRecord(
-            prompt_id=row.prompt_id, prompt=row.prompt,
-            chosen=row.responses[c], rejected=row.responses[rj],
-            chosen_index=c, rejected_index=rj, weight=weights[row.prompt_id],
-            ref_chosen_logp=ref.logps[c], ref_rejected_logp=ref.logps[rj],
-            ref_chosen_length=ref.lengths[c], ref_rejected_length=ref.lengths[rj],
-        ))
+    pairs = _pairs(responses, results, weights, current)
     dropped = len(results) - len(kept)
     if dropped:
         log.info("dropped %d prompt(s) whose rewards all tie", dropped)
@@ -160,20 +147,7 @@ def _run_judge(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> Sta
     per_prompt = [ConsistencyRecord(prompt_id=r.prompt_id, kept=r.kept, c=r.c,
                                     **({field: r.agreement} if r.agreement is not None else {}))
                   for r in results.values()]
-    pairs = []
-    for row in responses:
-        res = results[row.prompt_id]
-        if not res.kept:
-            continue
-        c, rj = res.chosen_index, res.rejected_index
-        scores = ref[row.prompt_id]
-        pairs.append(PairRecord(
-            prompt_id=row.prompt_id, prompt=row.prompt,
-            chosen=row.responses[c], rejected=row.responses[rj],
-            chosen_index=c, rejected_index=rj, weight=weights[row.prompt_id],
-            ref_chosen_logp=scores.logps[c], ref_rejected_logp=scores.logps[rj],
-            ref_chosen_length=scores.lengths[c], ref_rejected_length=scores.lengths[rj],
-        ))
+    pairs = _pairs(responses, results, weights, ref)
     write(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
     write(artifacts.join(req.output, PAIRS_FILE), pairs)
     judged = [current[row.prompt_id] for row in responses]
@@ -193,3 +167,24 @@ def _run_judge(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> Sta
             "judge_margin_mean": sum(margins) / len(margins),
         },
     )
+
+
+def _pairs(responses: list[ResponsesRecord], results: dict, weights: dict[str, float],
+           reference: dict[str, ScoresRecord]) -> list[PairRecord]:
+    """One pair per kept prompt, in response order: its chosen and rejected responses, its
+    weight, and the reference model's log-probs and lengths of both (what dpo reads)."""
+    pairs = []
+    for row in responses:
+        res = results[row.prompt_id]
+        if not res.kept:
+            continue
+        c, rj = res.chosen_index, res.rejected_index
+        ref = reference[row.prompt_id]
+        pairs.append(PairRecord(
+            prompt_id=row.prompt_id, prompt=row.prompt,
+            chosen=row.responses[c], rejected=row.responses[rj],
+            chosen_index=c, rejected_index=rj, weight=weights[row.prompt_id],
+            ref_chosen_logp=ref.logps[c], ref_rejected_logp=ref.logps[rj],
+            ref_chosen_length=ref.lengths[c], ref_rejected_length=ref.lengths[rj],
+        ))
+    return pairs

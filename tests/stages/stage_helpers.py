@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 TINY = "builtin://tiny-llama"
 
 
@@ -43,3 +45,14 @@ def termination_message(workdir: Path, name: str) -> str:
 def mtimes(directory: Path) -> dict[str, int]:
     return {str(p.relative_to(directory)): p.stat().st_mtime_ns
             for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def cream_run(doc: dict, workdir: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`cream run` of a CreamRun document, as a user runs it; returns the process and --out."""
+    spec_file = workdir / "run.yaml"
+    spec_file.write_text(yaml.safe_dump(doc))
+    out = workdir / "out"
+    proc = subprocess.run([sys.executable, "-m", "cream_operator.cli", "run", str(spec_file),
+                           "--out", str(out)], cwd=workdir, capture_output=True, text=True,
+                          timeout=1200)
+    return proc, out

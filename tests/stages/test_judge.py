@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+from stage_helpers import cream_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,12 +28,7 @@ def _run(tmp_path: Path, judge: dict) -> tuple[subprocess.CompletedProcess, Path
     spec["sft"]["epochs"] = 2
     spec["consistency"]["strategy"] = "dynamic"
     spec["evaluation"] = {"tasks": [], "baseline": False}
-    spec_file = tmp_path / "run.yaml"
-    spec_file.write_text(yaml.safe_dump(doc))
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cream_operator.cli", "run", str(spec_file),
-                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=1200)
+    proc, out = cream_run(doc, tmp_path)
     return proc, out
 
 

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from stage_helpers import TINY, run_stage, termination_message
+from stage_helpers import TINY, cream_run, run_stage, termination_message
 
 from cream_stages.data import load_conversations
 from cream_stages.logprobs import score_encodings
@@ -114,12 +112,7 @@ def test_mixed_schedule_end_to_end_with_cream_run(tmp_path):
     spec["sft"]["epochs"] = 2
     spec["evaluation"]["tasks"] = spec["evaluation"]["tasks"][:1]
     spec["evaluation"]["tasks"][0]["limit"] = 3
-    spec_file = tmp_path / "run.yaml"
-    spec_file.write_text(yaml.safe_dump(doc))
-    out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "cream_operator.cli", "run", str(spec_file),
-                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True,
-                          timeout=1200)
+    proc, out = cream_run(doc, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["iteration"]: r for r in json.loads((out / "results.json").read_text())
             ["iterations"]}
