@@ -644,17 +644,21 @@ def test_smollm2_run_succeeds_through_the_operator(
 
 def _workers(step: str, run: str, index: int) -> list[int]:
     """The training processes (torchrun's workers, which have a RANK) of one Pod of a
-    multi-node stage."""
-    pids = []
+    multi-node stage. A worker's own children inherit its RANK and, forked, its command line
+    (a subprocess between fork and exec, a compile or loader worker): only processes whose parent
+    has no RANK (torchrun's agent) are the workers."""
+    ranked = {}
     for pid in _stage_pids(step, run):
         try:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
+            # The command name in /proc/PID/stat is in parentheses and may hold spaces.
+            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
             continue
         if f"JOB_COMPLETION_INDEX={index}".encode() in env and any(
                 v.startswith(b"RANK=") for v in env):
-            pids.append(pid)
-    return pids
+            ranked[pid] = ppid
+    return [pid for pid, ppid in ranked.items() if ppid not in ranked]
 
 
 def _listening(pid: int) -> set[str]:
