@@ -56,7 +56,8 @@ SPEC_RULES = [
     {
         "rule": "!has(self.schedule) || has(self.model.sft) || "
                 "self.schedule[0].kind != 'selfReward' || "
-                "(has(self.schedule[0].reward) && self.schedule[0].reward == 'judge')",
+                "(has(self.schedule[0].reward) && "
+                "self.schedule[0].reward in ['judge', 'rewardModel'])",
         "message": "schedule[0]: the implicit reward of a first selfReward step compares M0 with "
         "a previous model, and there is none: start with an sft step or set model.sft",
         "fieldPath": ".schedule",

@@ -31,7 +31,8 @@ class Metrics:
             "cream_dpo_pairs", "Preference pairs an iteration trained on",
             ["namespace", "run", "iteration"], registry=r)
         # The step kinds' own figures (issue 10): SPIN's and DPO's reward margins and accuracies
-        # (TRL's rewards/margins and rewards/accuracies), the judge's parse failures and scores.
+        # (TRL's rewards/margins and rewards/accuracies), the judge's parse failures and scores,
+        # an external reward model's mean and spread.
         self.reward_margin = Gauge(
             "cream_reward_margin", "Mean reward margin z (chosen minus rejected implicit reward) "
             "over an iteration's DPO training; step: selfReward or spin",
@@ -46,6 +47,12 @@ class Metrics:
         self.judge_scores = Gauge(
             "cream_judge_scores", "Parsed judgements of an iteration's judge, by score",
             ["namespace", "run", "iteration", "score"], registry=r)
+        self.reward_model_mean = Gauge(
+            "cream_reward_model_mean", "Mean reward an iteration's external reward model gave "
+            "the sampled responses", ["namespace", "run", "iteration"], registry=r)
+        self.reward_model_std = Gauge(
+            "cream_reward_model_std", "Standard deviation of those rewards (near 0: the reward "
+            "model ranks nothing)", ["namespace", "run", "iteration"], registry=r)
         self.stage_duration = Histogram(
             "cream_stage_duration_seconds", "Wall time of a finished stage's Job",
             ["stage"], buckets=STAGE_BUCKETS, registry=r)
@@ -84,6 +91,8 @@ class Metrics:
                     (self.reward_margin, (namespace, run, it, step), res.reward_margin),
                     (self.reward_accuracy, (namespace, run, it, step), res.reward_accuracy),
                     (self.judge_parse_failures, (namespace, run, it), res.judge_parse_failures),
+                    (self.reward_model_mean, (namespace, run, it), res.reward_model_mean),
+                    (self.reward_model_std, (namespace, run, it), res.reward_model_std),
                     *((self.judge_scores, (namespace, run, it, score), count)
                       for score, count in res.judge_score_counts.items())):
                 if value is not None:

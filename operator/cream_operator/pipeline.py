@@ -98,7 +98,8 @@ def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
                        after: str | None) -> str:
     """CREAM's iteration with M_k as M_t: sample, score by M_k, M_{k-1} (and M_{k-2}),
     consistency, dpo. The implicit reward needs M_{k-1}: k >= 1 (spec.schedule_problems). With
-    reward judge, the judges rank instead (_judge_pairs)."""
+    reward judge, the judges rank instead (_judge_pairs); with rewardModel, an external reward
+    model (_reward_model_pairs)."""
     spec, root = p.spec, p.root
     seed = spec.seed + t
     sample_dir = join(root, f"iter-{t}", "sample")
@@ -117,6 +118,8 @@ def _self_reward_round(p: _Planner, t: int, k: int, step: ScheduleStep,
     ))
     if step.judges():
         return _judge_pairs(p, t, k, step, sample_key, responses)
+    if step.reward == "rewardModel":
+        return _reward_model_pairs(p, t, k, step, sample_key, responses)
     scores: dict[int, str] = {}
     for m in [m for m in (k, k - 1, k - 2) if m >= 0]:
         scores[m] = _score(p, t, m, responses, sample_key)
@@ -188,6 +191,38 @@ def _judge_pairs(p: _Planner, t: int, k: int, step: ScheduleStep, sample_key: st
     return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
 
 
+def _reward_model_pairs(p: _Planner, t: int, k: int, step: ScheduleStep, sample_key: str,
+                        responses: str) -> str:
+    """An external reward model ranks M_k's responses (weight 1: a fixed model has no previous
+    ranking); M_k's log-probs are dpo's reference."""
+    spec, root = p.spec, p.root
+    rm = step.reward_model
+    current = _score(p, t, k, responses, sample_key)
+    out = join(root, f"iter-{t}", "reward")
+    reward_key = p.add(Step(
+        key=f"iter-{t}/reward", iteration=t, stage="reward", model_index=None,
+        request=c.RewardRequest(
+            output=out, seed=spec.seed + t, model=rm.uri, model_type=rm.type,
+            responses=responses, max_length=spec.model.max_length,
+            critique_tokens=rm.critique_tokens, batch_size=spec.scoring.batch_size,
+            precision=spec.model.precision,
+        ),
+        after=(sample_key,),
+    ))
+    consistency_dir = join(root, f"iter-{t}", "consistency")
+    consistency_key = p.add(Step(
+        key=f"iter-{t}/consistency", iteration=t, stage="consistency", model_index=None,
+        request=c.ConsistencyRequest(
+            output=consistency_dir, seed=spec.seed + t, iteration=max(k, 1),
+            responses=responses, current=current, reward="rewardModel",
+            rewards=join(out, c.REWARDS_FILE), method=spec.consistency.method,
+            strategy=spec.consistency.strategy,
+        ),
+        after=(f"iter-{t}/score-m{k}", reward_key),
+    ))
+    return p.dpo(t, k, join(consistency_dir, c.PAIRS_FILE), spec.dpo.beta, consistency_key)
+
+
 def _spin_round(p: _Planner, t: int, k: int, step: ScheduleStep, after: str | None) -> str:
     """SPIN's iteration: M_k answers the SFT prompts (spin), then dpo with beta = lambda."""
     spec, root = p.spec, p.root
@@ -219,6 +254,7 @@ RESULT_METRICS = {
     "spin": {"pairs": "pairs", "dropped": "dropped"},
     "judge": {"judge_parse_failures": "parse_failures", "judge_score_mean": "score_mean",
               "judge_score_counts": "score_histogram"},
+    "reward": {"reward_model_mean": "reward_mean", "reward_model_std": "reward_std"},
     "dpo": {"reward_margin": "reward_margin", "reward_accuracy": "reward_accuracy"},
 }
 

@@ -17,6 +17,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
+from cream_stages.tiny_model import VARIANTS as BUILTIN_MODELS
+
 # Every derived name must fit: the run's name is the value of its Jobs' and Pods' `cream.dev/run`
 # label (at most 63 characters), and the head of its Jobs' names, which are the names of the
 # headless Services of multi-node training (DNS-1035 labels: a letter first). jobs.job_name
@@ -102,8 +104,8 @@ _DIST = (
          "a file of an installed Python distribution looks like dist://<distribution>/<path>"),
 )
 _BUILTIN_MODEL = (
-    Rule(r"^builtin:", r"^builtin://tiny-llama/?$",
-         "the builtin model is builtin://tiny-llama"),
+    Rule(r"^builtin:", rf"^builtin://({'|'.join(BUILTIN_MODELS)})/?$",
+         "the builtin models are " + ", ".join(f"builtin://{m}" for m in BUILTIN_MODELS)),
 )
 _BUILTIN_DATA = (
     Rule(r"^builtin:", r"^builtin://data/[^/.][^/]*$",

@@ -335,8 +335,10 @@ class StageResources(_Model):
 
 
 # Stages that run one engine on one GPU (group) whatever their resources say.
-NO_TENSOR_PARALLEL = ("sft", "consistency", "spin", "dpo")
-ONE_NODE = ("spin",)  # generates then scores: node sharding covers one engine call per stage
+NO_TENSOR_PARALLEL = ("sft", "reward", "consistency", "spin", "dpo")
+# spin generates then scores: node sharding covers one engine call per stage; reward runs one
+# transformers model.
+ONE_NODE = ("spin", "reward")
 
 
 class ResourcesSpec(_Model):
@@ -362,6 +364,9 @@ class ResourcesSpec(_Model):
                                   description="Each score stage's Pods (one Job per model)")
     judge: StageResources = Field(default_factory=StageResources,
                                   description="Each judge stage's Pods (one Job per model)")
+    reward: StageResources = Field(default_factory=StageResources,
+                                   description="The reward stage's Pod (an external reward model; "
+                                   "one; one device)")
     consistency: StageResources = Field(default_factory=StageResources,
                                         description="The consistency stage's Pods (CPU only)")
     spin: StageResources = Field(default_factory=StageResources,
@@ -426,14 +431,14 @@ class SchedulingSpec(_Model):
 
 
 StepKind = Literal["sft", "spin", "selfReward"]
-RewardKind = Literal["implicit", "judge"]
+RewardKind = Literal["implicit", "judge", "rewardModel"]
 MAX_SCHEDULE = 16
 MAX_ROUNDS = 20  # iterations over the whole schedule, as `iterations` allows without one
 DEFAULT_LAMBDA = 0.1
 
 # What fields each step kind takes: the one table the validators (pydantic and CEL) read.
 STEP_FIELDS = {"sft": (), "spin": ("iterations", "lambda"),
-               "selfReward": ("iterations", "reward", "judge")}
+               "selfReward": ("iterations", "reward", "judge", "rewardModel")}
 # An unescaped "(" that opens a capturing group: "(" not followed by "?", or a named group.
 # The API server's approximation of judge_math.pattern_problem (CEL cannot compile a regex).
 CAPTURING_GROUP_CEL = r"(^|[^\\])\((\?P?<[A-Za-z_]|[^?])"
@@ -505,6 +510,21 @@ class JudgeSpec(_Model):
         return high
 
 
+class RewardModelSpec(_Model):
+    """An external reward model that ranks the sampled responses instead of the policy."""
+
+    uri: ModelUri = Field(
+        description="The reward model: any model URI (hf://, s3://, a local directory, GGUF; "
+        "builtin://tiny-reward and builtin://tiny-cloud for smoke tests)")
+    type: Literal["classic", "cloud"] = Field(
+        description="classic (a scalar head on a causal LM: AutoModelForSequenceClassification "
+        "with one label, as TRL's RewardTrainer saves it) or cloud (Critique-out-Loud: a causal "
+        "LM that writes a critique first, with its reward head in reward_head.safetensors "
+        "beside the checkpoint)")
+    critique_tokens: int = Field(default=256, ge=1, le=4096,
+                                 description="cloud only: the longest critique, in tokens")
+
+
 class ScheduleStep(_Model):
     """One step of a run's schedule; the fields that apply depend on its kind."""
 
@@ -514,10 +534,14 @@ class ScheduleStep(_Model):
            "message": f"{name} applies to step kinds "
                       f"{', '.join(k for k, f in STEP_FIELDS.items() if name in f)} only",
            "fieldPath": f".{name}"}
-          for name in ("iterations", "lambda", "reward", "judge")),
+          for name in ("iterations", "lambda", "reward", "judge", "rewardModel")),
         {"rule": "!has(self.judge) || (has(self.reward) && self.reward == 'judge')",
          "message": "judge settings need reward: judge",
-         "fieldPath": ".judge"}]})
+         "fieldPath": ".judge"},
+        {"rule": "has(self.rewardModel) == (has(self.reward) && self.reward == 'rewardModel')",
+         "message": "reward: rewardModel needs rewardModel (its uri and type), and rewardModel "
+                    "needs reward: rewardModel",
+         "fieldPath": ".rewardModel"}]})
 
     kind: StepKind = Field(
         description="sft (M0 -> M1 on data.sft, with spec.sft's settings), spin (self-play "
@@ -536,26 +560,39 @@ class ScheduleStep(_Model):
         default=None,
         description="selfReward only: implicit (CREAM's DPO reward, the log-ratio of the "
         "current to the previous model, consistency-regularised by spec.consistency; the "
-        "default) or judge (LLM-as-a-Judge: the model grades its own responses, see judge)")
+        "default), judge (LLM-as-a-Judge: the model grades its own responses, see judge) or "
+        "rewardModel (an external reward model ranks them, see rewardModel)")
     judge: JudgeSpec | None = Field(
         default=None, description="selfReward with reward judge: the judge's prompt, pattern, "
         "K, range and consistency regularisation (absent: the defaults)")
+    reward_model: RewardModelSpec | None = Field(
+        default=None, description="selfReward with reward rewardModel: the reward model "
+        "(required there); its pairs weigh 1, a fixed model has no previous ranking to be "
+        "consistent with")
 
     @model_validator(mode="after")
     def _fields_of_kind(self):
         allowed = STEP_FIELDS[self.kind]
         for name, value in (("iterations", self.iterations), ("lambda", self.lambda_),
-                            ("reward", self.reward), ("judge", self.judge)):
+                            ("reward", self.reward), ("judge", self.judge),
+                            ("rewardModel", self.reward_model)):
             if value is not None and name not in allowed:
                 kinds = ", ".join(k for k, f in STEP_FIELDS.items() if name in f)
                 raise ValueError(f"{name} applies to step kinds {kinds} only, not "
                                  f"{self.kind}")
         if self.judge is not None and self.reward != "judge":
             raise ValueError("judge settings need reward: judge")
+        if (self.reward_model is not None) != (self.reward == "rewardModel"):
+            raise ValueError("reward: rewardModel needs rewardModel (its uri and type), and "
+                             "rewardModel needs reward: rewardModel")
         return self
 
     def judges(self) -> bool:
         return self.kind == "selfReward" and self.reward == "judge"
+
+    def ranks_externally(self) -> bool:
+        """Whether a judge or a reward model, not the implicit reward, makes the pairs."""
+        return self.kind == "selfReward" and self.reward in ("judge", "rewardModel")
 
 
 class EarlyStoppingSpec(_Model):
@@ -707,7 +744,7 @@ def schedule_problems(schedule: list[ScheduleStep], model: ModelSpec, data: Data
                             f"{'examples' if step.kind == 'sft' else 'reference answers'})")
     first = schedule[0]
     if first.kind == "selfReward" and model.sft is None:
-        if not first.judges():
+        if not first.ranks_externally():
             problems.append("step [0]: the implicit reward of a first selfReward step compares "
                             "M0 with a previous model, and there is none: start with an sft "
                             "step or set model.sft")
@@ -761,6 +798,12 @@ class IterationResult(_Model):
     judge_score_counts: dict[str, int] = Field(
         default_factory=dict, description="judge rewarding: parsed judgements by score, the "
         "judge's score distribution")
+    reward_model_mean: float | None = Field(
+        default=None, description="reward-model rewarding: the mean reward of the sampled "
+        "responses")
+    reward_model_std: float | None = Field(
+        default=None, description="reward-model rewarding: the rewards' standard deviation (a "
+        "reward model that scores everything alike ranks nothing)")
     reward_margin: float | None = Field(
         default=None, description="dpo (also of SPIN): mean z, the chosen response's implicit "
         "reward minus the rejected one's, over training (TRL's rewards/margins)")
@@ -788,6 +831,9 @@ class StepMetrics(_Model):
     score_mean: float | None = Field(default=None, description="judge's mean parsed score")
     score_histogram: dict[str, int] = Field(default_factory=dict,
                                             description="judge's parsed judgements by score")
+    reward_mean: float | None = Field(default=None, description="reward's mean reward")
+    reward_std: float | None = Field(default=None,
+                                     description="reward's standard deviation of rewards")
     reward_margin: float | None = Field(default=None, description="dpo's mean reward margin")
     reward_accuracy: float | None = Field(default=None,
                                           description="dpo's reward accuracy")

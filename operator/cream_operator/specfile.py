@@ -66,6 +66,8 @@ def input_problems(run: CreamRun) -> list[str]:
 
     spec = run.spec
     models = {"spec.model.base": spec.model.base, "spec.model.sft": spec.model.sft}
+    models.update({f"spec.schedule[{i}].rewardModel.uri": step.reward_model.uri
+                   for i, step in enumerate(spec.schedule or []) if step.reward_model})
     data = {"spec.data.sft": spec.data.sft}
     data.update({f"spec.data.prompts[{i}]": uri for i, uri in enumerate(spec.data.prompts)})
     data.update({f"spec.evaluation.tasks[{i}].uri": t.uri

@@ -4,6 +4,9 @@ r_t = s_{M_t} - s_{M_{t-1}}; r_{t-1} = s_{M_{t-1}} - s_{M_{t-2}} (t >= 2) or s_{
 where `previous` holds M0's scores). The math is in consistency_math.py; this stage reads and
 cross-checks the files and keys every value by prompt id. The reported consistency_rate is the
 mean C over the kept prompts, whatever the strategy (with `none` it is measured, not used).
+
+With reward judge or rewardModel, an external ranking makes the pairs instead (_run_external):
+best vs worst by judge score or reward-model reward, C only between two judges' rankings.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from .records import (
     JudgementsRecord,
     PairRecord,
     ResponsesRecord,
+    RewardsRecord,
     ScoresRecord,
     check_scores_match,
     read,
@@ -61,24 +65,30 @@ def check_same_backend(uris: list[str]) -> None:
                               f"precisions ({detail})")
 
 
-def _read_judgements(uri: str, responses: list[ResponsesRecord]) -> dict[str, JudgementsRecord]:
-    """A judge's file, checked to cover these very responses (by digest), keyed by prompt id."""
-    loaded = {r.prompt_id: r for r in read(uri, JudgementsRecord)}
+def _read_ranking(uri: str, record: type[JudgementsRecord] | type[RewardsRecord],
+                  responses: list[ResponsesRecord]) -> dict[str, list[float | None]]:
+    """A judge's or reward model's file, checked to cover these very responses (by digest): each
+    prompt's scores by response (None: a response no judgement scored), keyed by prompt id."""
+    loaded = {r.prompt_id: r for r in read(uri, record)}
+    values = {}
     for row in responses:
         rec = loaded.get(row.prompt_id)
+        scores = None if rec is None else \
+            rec.scores if isinstance(rec, JudgementsRecord) else rec.rewards
         if rec is None or rec.responses_digest != row.digest() \
-                or len(rec.scores) != len(row.responses):
-            raise StageInputError(f"{uri}: prompt_id {row.prompt_id}: no judgements of these "
+                or len(scores) != len(row.responses):
+            raise StageInputError(f"{uri}: prompt_id {row.prompt_id}: no scores of these "
                                   "responses (missing, or made for another sample)")
-    return loaded
+        values[row.prompt_id] = scores
+    return values
 
 
 def run(req: ConsistencyRequest) -> StageResult:
     responses = read(req.responses, ResponsesRecord)
     if not responses:
         raise StageInputError(f"{req.responses}: no responses")
-    if req.reward == "judge":
-        return _run_judge(req, responses)
+    if req.reward != "implicit":
+        return _run_external(req, responses)
     score_uris = [u for u in (req.current, req.previous, req.previous2) if u is not None]
     scores = []
     for uri in score_uris:
@@ -125,22 +135,28 @@ def run(req: ConsistencyRequest) -> StageResult:
     )
 
 
-def _run_judge(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> StageResult:
-    """Pairs from judge scores: best vs worst judged; C (with previous_judgements) between this
-    model's and the previous model's judge rankings; M_t's log-probs (current) the reference."""
+def _run_external(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> StageResult:
+    """Pairs from an external ranking, the judge's scores or the reward model's rewards: best vs
+    worst; C (with previous_judgements) between this model's and the previous model's judge
+    rankings; M_t's log-probs (current) the reference."""
     ref = {r.prompt_id: r for r in read(req.current, ScoresRecord)}
     check_scores_match(req.responses, responses, req.current, ref)
-    current = _read_judgements(req.judgements, responses)
-    previous = _read_judgements(req.previous_judgements, responses) \
-        if req.previous_judgements else None
+    if req.reward == "judge":
+        source, prefix = req.judgements, "judge"
+        current = _read_ranking(source, JudgementsRecord, responses)
+        previous = _read_ranking(req.previous_judgements, JudgementsRecord, responses) \
+            if req.previous_judgements else None
+    else:
+        source, prefix = req.rewards, "reward_model"
+        current, previous = _read_ranking(source, RewardsRecord, responses), None
     results = {row.prompt_id: jm.prompt_result(
-        row.prompt_id, current[row.prompt_id].scores,
-        previous[row.prompt_id].scores if previous else None, req.method)
+        row.prompt_id, current[row.prompt_id],
+        previous[row.prompt_id] if previous else None, req.method)
         for row in responses}
     kept = {pid: r for pid, r in results.items() if r.kept}
     if not kept:
-        raise StageInputError(f"{req.judgements}: no prompt has two responses with different "
-                              "judge scores: no preference pair can be formed")
+        raise StageInputError(f"{source}: no prompt has two responses with different "
+                              f"{req.reward} scores: no preference pair can be formed")
     weights = jm.pair_weights(results, req.strategy)
     known = [r.c for r in kept.values() if r.c is not None]
     field = cm.METHOD_FIELD[req.method]
@@ -150,21 +166,22 @@ def _run_judge(req: ConsistencyRequest, responses: list[ResponsesRecord]) -> Sta
     pairs = _pairs(responses, results, weights, ref)
     write(artifacts.join(req.output, PER_PROMPT_FILE), per_prompt)
     write(artifacts.join(req.output, PAIRS_FILE), pairs)
-    judged = [current[row.prompt_id] for row in responses]
-    margins = [current[p.prompt_id].scores[p.chosen_index]
-               - current[p.prompt_id].scores[p.rejected_index] for p in pairs]
+    margins = [current[p.prompt_id][p.chosen_index] - current[p.prompt_id][p.rejected_index]
+               for p in pairs]
+    inputs = {"responses": req.responses, "current": req.current}
+    inputs.update({"judgements": req.judgements, "previous_judgements": req.previous_judgements}
+                  if req.reward == "judge" else {"rewards": req.rewards})
     return StageResult(
-        inputs={"responses": req.responses, "current": req.current,
-                "judgements": req.judgements, "previous_judgements": req.previous_judgements},
+        inputs=inputs,
         outputs={"pairs": PAIRS_FILE, "per_prompt": PER_PROMPT_FILE},
         metrics={
             # The mean C over the prompts both judges ranked; None without a previous judge.
             "consistency_rate": sum(known) / len(known) if known else None,
             "pairs": len(pairs), "dropped": len(results) - len(kept),
-            "prompts": len(results), "reward": "judge", "method": req.method,
+            "prompts": len(results), "reward": req.reward, "method": req.method,
             "strategy": req.strategy,
-            "unscored_responses": sum(s is None for r in judged for s in r.scores),
-            "judge_margin_mean": sum(margins) / len(margins),
+            "unscored_responses": sum(s is None for v in current.values() for s in v),
+            f"{prefix}_margin_mean": sum(margins) / len(margins),
         },
     )
 

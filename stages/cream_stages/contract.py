@@ -32,18 +32,21 @@ SCORES_FILE = "scores.jsonl"  # score
 PAIRS_FILE = "pairs.jsonl"  # consistency
 PER_PROMPT_FILE = "consistency.jsonl"  # consistency
 JUDGEMENTS_FILE = "judgements.jsonl"  # judge
+REWARDS_FILE = "rewards.jsonl"  # reward
 PREDICTIONS_FILE = "predictions.jsonl"  # evaluate
 # spin writes pairs.jsonl too (chosen = reference answer, rejected = own generation), for dpo
 TRAIN_LOG_FILE = "train_log.jsonl"  # sft, dpo: the loss of every optimizer step, beside the model
 
-StageName = Literal["sft", "sample", "score", "judge", "consistency", "spin", "dpo",
+StageName = Literal["sft", "sample", "score", "judge", "reward", "consistency", "spin", "dpo",
                     "evaluate"]
 
 InferenceBackend = Literal["transformers", "vllm"]
 TrainBackend = Literal["transformers", "deepspeed"]
 RankMethod = Literal["kendall", "spearman", "toporder"]
 Strategy = Literal["avg", "dynamic", "none"]
-Reward = Literal["implicit", "judge"]
+Reward = Literal["implicit", "judge", "rewardModel"]
+# classic: a sequence-scalar head on a causal LM; cloud: Critique-out-Loud (reward.py).
+RewardModelType = Literal["classic", "cloud"]
 TaskFormat = Literal["multiple_choice", "gsm8k", "lm_eval"]
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -178,6 +181,21 @@ class JudgeRequest(_InferenceRequest):
         return self
 
 
+class RewardRequest(_Request):
+    """An external reward model scores every sampled response (reward.py): a classic one reads
+    [prompt, response]; a CLoud one first writes a critique of the response with its language
+    model head, then scores [prompt, response, critique]. Greedy critiques: deterministic."""
+
+    stage: Literal["reward"] = "reward"
+    model: str = Field(description="the reward model's URI (any model URI)")
+    model_type: RewardModelType = Field(description="classic or cloud")
+    responses: str = Field(description="the sample stage's responses.jsonl")
+    max_length: PositiveInt = 2048
+    critique_tokens: PositiveInt = Field(default=256, description="cloud: longest critique")
+    batch_size: PositiveInt = 8
+    precision: Precision = "float32"
+
+
 class ConsistencyRequest(_Request):
     stage: Literal["consistency"] = "consistency"
     iteration: PositiveInt
@@ -190,6 +208,8 @@ class ConsistencyRequest(_Request):
     previous_judgements: str | None = Field(
         default=None, description="judge: judgements.jsonl of M_{t-1} on the same responses, "
         "for consistency regularisation; absent: plain SRLM weights (1)")
+    rewards: str | None = Field(default=None,
+                                description="rewardModel: rewards.jsonl, the reward model's")
     previous2: str | None = Field(
         default=None,
         description="scores.jsonl of M_{t-2}; absent at t = 1, where r_{t-1} = s_{M0} / |y|",
@@ -199,14 +219,20 @@ class ConsistencyRequest(_Request):
 
     @model_validator(mode="after")
     def _previous2_iff_iteration_two_or_more(self):
+        if (self.rewards is not None) != (self.reward == "rewardModel"):
+            raise ValueError("field 'rewards' (the reward model's rewards.jsonl) is required "
+                             "with reward rewardModel, and only there")
+        if self.reward != "implicit" and (self.previous is not None
+                                          or self.previous2 is not None):
+            raise ValueError("fields 'previous' and 'previous2' are for reward implicit")
         if self.reward == "judge":
             if self.judgements is None:
                 raise ValueError("field 'judgements' is required with reward judge")
-            if self.previous is not None or self.previous2 is not None:
-                raise ValueError("fields 'previous' and 'previous2' are for reward implicit")
             return self
         if self.judgements is not None or self.previous_judgements is not None:
             raise ValueError("fields 'judgements' and 'previous_judgements' are for reward judge")
+        if self.reward == "rewardModel":
+            return self
         if self.previous is None:
             raise ValueError("field 'previous' (scores of M_{t-1}) is required with reward "
                              "implicit")
@@ -285,8 +311,8 @@ class EvaluateRequest(_InferenceRequest):
 
 
 StageRequest = Annotated[
-    SftRequest | SampleRequest | ScoreRequest | JudgeRequest | ConsistencyRequest | SpinRequest
-    | DpoRequest | EvaluateRequest,
+    SftRequest | SampleRequest | ScoreRequest | JudgeRequest | RewardRequest | ConsistencyRequest
+    | SpinRequest | DpoRequest | EvaluateRequest,
     Field(discriminator="stage"),
 ]
 
@@ -296,7 +322,7 @@ class _RequestEnvelope(BaseModel):
 
 
 def parse_request(data: dict) -> SftRequest | SampleRequest | ScoreRequest | JudgeRequest \
-        | ConsistencyRequest | SpinRequest | DpoRequest | EvaluateRequest:
+        | RewardRequest | ConsistencyRequest | SpinRequest | DpoRequest | EvaluateRequest:
     """Validate a request dict into its stage's model (raises pydantic.ValidationError)."""
     return _RequestEnvelope.model_validate({"request": data}).request
 
@@ -319,6 +345,7 @@ STAGE_TABLE: dict[str, StageFacts] = {f.name: f for f in (
     StageFacts("sample", SampleRequest, trains=False, wants_gpu=True),
     StageFacts("score", ScoreRequest, trains=False, wants_gpu=True, per_model=True),
     StageFacts("judge", JudgeRequest, trains=False, wants_gpu=True, per_model=True),
+    StageFacts("reward", RewardRequest, trains=False, wants_gpu=True),
     StageFacts("consistency", ConsistencyRequest, trains=False, wants_gpu=False),
     StageFacts("spin", SpinRequest, trains=False, wants_gpu=True),
     StageFacts("dpo", DpoRequest, trains=True, wants_gpu=True),

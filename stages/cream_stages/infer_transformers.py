@@ -25,7 +25,7 @@ from .logprobs import score_encodings
 from .models import load_model
 from .packed_logprobs import score_packed, supports_packing
 from .seeds import request_seed
-from .tokenization import prompt_text
+from .tokenization import prompt_text, render
 
 log = logging.getLogger(__name__)
 
@@ -95,14 +95,17 @@ class TransformersEngine:
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[str], keys: list[str] | None = None, *, n: int = 1,
-             sample: bool, temperature: float = 1.0, top_p: float = 1.0, max_tokens: int,
-             batch_size: int, seed: int = 0, desc: str = "generate") -> list[list[str]]:
-    """n completions for each user prompt (chat template applied), in prompt order. `keys` name
-    the prompts (default: their positions) and seed each batch."""
+def generate(model, tokenizer, prompts: list[str | list[dict]], keys: list[str] | None = None,
+             *, n: int = 1, sample: bool, temperature: float = 1.0, top_p: float = 1.0,
+             max_tokens: int, batch_size: int, seed: int = 0,
+             desc: str = "generate") -> list[list[str]]:
+    """n completions for each user prompt (chat template applied), in prompt order; a prompt
+    may also be a conversation (a list of turns), answered as its next assistant turn. `keys`
+    name the prompts (default: their positions) and seed each batch."""
     keys = keys if keys is not None else [str(i) for i in range(len(prompts))]
     tokenizer.padding_side = "left"
-    texts = [prompt_text(tokenizer, p) for p in prompts]
+    texts = [prompt_text(tokenizer, p) if isinstance(p, str)
+             else render(tokenizer, p, add_generation_prompt=True) for p in prompts]
     # A fresh generation config: the request alone defines decoding, not the checkpoint's
     # defaults (a repetition penalty or top-k there would make this path differ from vLLM's).
     # Only the stop tokens come from the model (Llama-3 stops at two).

@@ -1,6 +1,7 @@
 """Model URIs: where a model lives, and loading it like any Hugging Face checkpoint.
 
-- `builtin://tiny-llama`: the tiny model of tiny_model.py, built on first use into the cache.
+- `builtin://tiny-llama`: the tiny model of tiny_model.py, built on first use into the cache;
+  `builtin://tiny-reward` and `builtin://tiny-cloud`, tiny reward models (classic and CLoud).
 - `hf://org/name`: the Hugging Face hub id `org/name` (from_pretrained downloads it).
 - `s3://bucket/prefix`: a checkpoint a stage wrote; downloaded once into the cache, keyed by URI.
   Its `manifest.json` must exist, so a half-written model is never read.
@@ -33,10 +34,11 @@ from pathlib import Path
 
 from . import artifacts
 from .contract import MANIFEST, StageInputError
+from .tiny_model import VARIANTS
 
 log = logging.getLogger(__name__)
 
-BUILTIN_MODELS = ("tiny-llama",)
+BUILTIN_MODELS = tuple(VARIANTS)
 DIST_SCHEME = "dist://"
 GGUF_SUFFIX = ".gguf"
 GGUF_MAGIC = b"GGUF"
@@ -163,7 +165,7 @@ def resolve_model_uri(uri: str) -> str:
         target = cache_dir() / "models" / f"{name}-{tiny_model.recipe_key()}"
         if not target.is_dir():
             log.info("building %s into %s", uri, target)
-        return str(_materialise(target, tiny_model.build))
+        return str(_materialise(target, lambda tmp: tiny_model.build(tmp, name)))
     if uri.startswith("hf://"):
         return uri.removeprefix("hf://").strip("/")
     if artifacts.is_s3(uri):

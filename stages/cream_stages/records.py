@@ -2,6 +2,7 @@
 the model, so a field cannot be written under one name and read under another.
 
 responses.jsonl (sample -> score, consistency), scores.jsonl (score -> consistency),
+judgements.jsonl (judge -> consistency), rewards.jsonl (reward -> consistency),
 pairs.jsonl and consistency.jsonl (consistency -> dpo), predictions.jsonl (evaluate),
 train_log.jsonl (sft, dpo: the loss curve, for people and for comparing backends). The user's
 own input formats (prompt sets, SFT data, evaluation sets) are data.py's and eval_tasks.py's.
@@ -77,6 +78,22 @@ class JudgementsRecord(_Record):
     parsed: list[int]
     judgements: list[list[str]]
     responses_digest: Sha256
+
+
+class RewardsRecord(_Record):
+    """One prompt's responses as scored by an external reward model (reward's): per response its
+    scalar reward and, for a CLoud reward model, the critique it wrote first (else empty)."""
+
+    prompt_id: str
+    rewards: list[FiniteFloat] = Field(min_length=1)
+    critiques: list[str]
+    responses_digest: Sha256
+
+    @model_validator(mode="after")
+    def _critique_per_response(self):
+        if self.critiques and len(self.critiques) != len(self.rewards):
+            raise ValueError(f"{len(self.critiques)} critiques for {len(self.rewards)} rewards")
+        return self
 
 
 class PairRecord(_Record):

@@ -1,10 +1,14 @@
-"""The tiny Llama-architecture model behind `builtin://tiny-llama`, built deterministically.
+"""The tiny Llama-architecture models behind `builtin://tiny-llama` (and its reward models
+`builtin://tiny-reward`, classic, and `builtin://tiny-cloud`, Critique-out-Loud), built
+deterministically.
 
 A byte-level BPE tokenizer is trained with `tokenizers` on the bundled text (builtin/corpus.txt and
 builtin/data/*.jsonl), with its bos/eos/pad tokens and chat template defined from the start, and a
 2-layer Llama with random weights from a fixed seed is saved next to it with save_pretrained, so
 every stage loads it exactly like a real checkpoint. It knows nothing: it exists so the whole
-pipeline runs on a CPU in minutes.
+pipeline runs on a CPU in minutes. The reward models share its tokenizer and shape: a scalar
+head on it (LlamaForSequenceClassification), and for CLoud a causal LM with a reward head file
+beside it (reward_models.py), each from its own seed.
 """
 
 from __future__ import annotations
@@ -30,6 +34,10 @@ MODEL_CONFIG = {
     "tie_word_embeddings": True,
     "rms_norm_eps": 1e-5,
 }
+# The builtin models: name -> (architecture, seed offset). The reward models' seeds differ from
+# the policy's, so a tiny reward model is not the tiny policy's own judgement.
+VARIANTS = {"tiny-llama": ("causal", 0), "tiny-reward": ("classic", 1),
+            "tiny-cloud": ("cloud", 2)}
 # Every turn ends with eos (so a generated answer stops at it, and scoring counts the model's
 # probability of ending the turn); the generation prompt is the assistant header.
 CHAT_TEMPLATE = (
@@ -77,7 +85,7 @@ def recipe_key() -> str:
     """A short digest of everything the built model depends on (the cache directory's name)."""
     digest = hashlib.sha256()
     digest.update(json.dumps([RECIPE_VERSION, SEED, VOCAB_SIZE, SPECIAL_TOKENS, MODEL_CONFIG,
-                              CHAT_TEMPLATE]).encode())
+                              CHAT_TEMPLATE, VARIANTS]).encode())
     for path in _corpus_files():
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
@@ -108,11 +116,18 @@ def build_tokenizer():
     return fast
 
 
-def build(dest: Path) -> None:
-    """Build the tokenizer and the randomly initialised model into `dest` (an empty directory)."""
+def build(dest: Path, name: str = "tiny-llama") -> None:
+    """Build the tokenizer and the randomly initialised model `name` (one of VARIANTS) into
+    `dest` (an empty directory)."""
     import torch  # noqa: PLC0415
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM  # noqa: PLC0415
+    from transformers import (  # noqa: PLC0415
+        GenerationConfig,
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+    )
 
+    kind, offset = VARIANTS[name]
     tokenizer = build_tokenizer()
     config = LlamaConfig(
         vocab_size=len(tokenizer),
@@ -120,15 +135,28 @@ def build(dest: Path) -> None:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         **MODEL_CONFIG,
+        **({"num_labels": 1} if kind == "classic" else {}),
     )
     # A private generator state, so building never disturbs (or depends on) the caller's RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+        torch.manual_seed(SEED + offset)
+        if kind == "classic":
+            model = LlamaForSequenceClassification(config)
+        else:
+            model = LlamaForCausalLM(config)
+        if kind == "cloud":
+            from .cloud_head import save_cloud_head  # noqa: PLC0415
+
+            # std 0.5: over the tiny model's hidden states the rewards spread enough to rank.
+            head = torch.nn.Linear(config.hidden_size, 1)
+            torch.nn.init.normal_(head.weight, std=0.5)
+            dest.mkdir(parents=True, exist_ok=True)
+            save_cloud_head(head, dest)
+    if kind != "classic":
+        model.generation_config = GenerationConfig(
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)

@@ -116,9 +116,10 @@ def test_helm_install_runs_a_creamrun_and_the_dashboard_answers(
             result = prom.query(substitute(expr, variables))
             if "cream_stage_failures_total" in expr:
                 continue  # nothing failed: no series, and the query was accepted
-            if "cream_judge_" in expr:
-                # examples/tiny.yaml has no judge step: no series. test_dashboard.py's Grafana
-                # test runs a schedule with a judge iteration and asserts these panels answer.
+            if "cream_judge_" in expr or "cream_reward_model_" in expr:
+                # examples/tiny.yaml has no judge or reward-model step: no series.
+                # test_dashboard.py's Grafana test runs a schedule with both and asserts these
+                # panels answer.
                 continue
             assert result, f"{where}: no data for {substitute(expr, variables)}"
         namespaces = {r["metric"]["namespace"]

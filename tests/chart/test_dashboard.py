@@ -143,6 +143,7 @@ def test_required_panels_are_there():
     for needle in ("cream_consistency_rate{", "cream_eval_accuracy{", "cream_dpo_pairs{",
                    "cream_reward_margin{", "cream_reward_accuracy{",
                    "cream_judge_parse_failures{", "cream_judge_scores{",
+                   "cream_reward_model_mean{", "cream_reward_model_std{",
                    "histogram_quantile(0.5, sum by (le, stage) "
                    "(cream_stage_duration_seconds_bucket",
                    "sum by (stage) (cream_stage_duration_seconds_sum) / "
@@ -219,7 +220,8 @@ def frames_with_data(result: dict) -> list[dict]:
 def mixed_run() -> dict:
     """The tiny example as a schedule with every step kind the dashboard shows: CREAM, then an
     iteration the model judges itself (a pattern any digit satisfies, so the tiny random model's
-    judgements parse), then CREAM again, so the run is still going when iteration 2 is done."""
+    judgements parse), one an external reward model ranks (the tiny classic one), then CREAM
+    again, so the run is still going when iteration 3 is done."""
     doc = yaml.safe_load((ROOT / "examples" / "tiny.yaml").read_text())
     spec = doc["spec"]
     del spec["iterations"]
@@ -228,6 +230,8 @@ def mixed_run() -> dict:
         {"kind": "sft"}, {"kind": "selfReward"},
         {"kind": "selfReward", "reward": "judge",
          "judge": {"pattern": "([0-9])", "maxScore": 9, "judgements": 2, "maxTokens": 16}},
+        {"kind": "selfReward", "reward": "rewardModel",
+         "rewardModel": {"uri": "builtin://tiny-reward", "type": "classic"}},
         {"kind": "selfReward"}]
     return doc
 
@@ -261,19 +265,19 @@ def test_every_panel_answers_in_grafana_against_an_operator_mid_run(
             run = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "tiny")
             return run.get("status") or {}
 
-        def iteration_two_trained() -> dict | None:
+        def iteration_three_trained() -> dict | None:
             st = status()
             assert st.get("phase") != "Failed", json.dumps(st, indent=1)[-3000:]
-            done = any(r["iteration"] == 2 and r.get("rewardMargin") is not None
+            done = any(r["iteration"] == 3 and r.get("rewardMargin") is not None
                        for r in st.get("results", []))
             return st if done else None
 
         try:
-            wait_until(iteration_two_trained, RUN_TIMEOUT, "iteration 2's DPO", interval=2)
+            wait_until(iteration_three_trained, RUN_TIMEOUT, "iteration 3's DPO", interval=2)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\noperator log:\n{op.log_text()[-4000:]}") from None
         for metric in ("cream_consistency_rate", "cream_reward_margin",
-                       "cream_judge_parse_failures"):
+                       "cream_judge_parse_failures", "cream_reward_model_std"):
             wait_until(lambda metric=metric: prom.query(
                 f'{metric}{{namespace="{namespace}",run="tiny"}}'),
                 60, f"Prometheus to scrape {metric}")

@@ -58,7 +58,12 @@ BOOLS = st.sampled_from([True, False, "true", 1])
 STEPS = st.fixed_dictionaries(
     {"kind": st.sampled_from(["sft", "spin", "selfReward", "dance"])},
     optional={"iterations": INTS, "lambda": FLOATS,
-              "reward": st.sampled_from(["implicit", "judge", "model"]),
+              "reward": st.sampled_from(["implicit", "judge", "rewardModel", "model"]),
+              # URIs both sides can judge without reading them: builtin ones exist everywhere.
+              "rewardModel": st.fixed_dictionaries({}, optional={
+                  "uri": st.sampled_from(["builtin://tiny-reward", "hf://org/rm", "s3:/rm", ""]),
+                  "type": st.sampled_from(["classic", "cloud", "scalar"]),
+                  "critiqueTokens": INTS}),
               "judge": st.fixed_dictionaries({}, optional={
                   "template": st.sampled_from(["{prompt} {response}", "{prompt}", "x"]),
                   "pattern": st.sampled_from([r"Score: (\d+)", r"Score: \d+", r"(?:a)(b)",
@@ -185,6 +190,14 @@ SCHEDULES = [
      "need reward: judge"),
     ([{"kind": "selfReward", "reward": "judge", "judge": {"consistency": True}}], {},
      "spec.schedule", "judge consistency"),
+    ([{"kind": "sft"}, {"kind": "selfReward", "reward": "rewardModel"}], {},
+     "spec.schedule[1].rewardModel", "needs rewardModel"),
+    ([{"kind": "sft"}, {"kind": "selfReward",
+                        "rewardModel": {"uri": "hf://org/rm", "type": "classic"}}], {},
+     "spec.schedule[1].rewardModel", "needs reward: rewardModel"),
+    ([{"kind": "sft"}, {"kind": "spin",
+                        "rewardModel": {"uri": "hf://org/rm", "type": "classic"}}], {},
+     "spec.schedule[1].rewardModel", "rewardModel applies"),
 ]
 
 

@@ -225,6 +225,56 @@ def test_a_first_judge_step_from_m0_needs_no_previous_model_unless_it_regularise
                for p in problems), problems
 
 
+REWARD_MODEL = {"kind": "selfReward", "reward": "rewardModel",
+                "rewardModel": {"uri": "builtin://tiny-cloud", "type": "cloud",
+                                "critiqueTokens": 64}}
+
+
+def test_a_reward_model_step_ranks_with_its_reward_stage_and_weighs_pairs_one():
+    """From M0 (no previous model needed): sample, M0's scores as dpo's reference, the reward
+    model's stage, then consistency on its rewards."""
+    spec = specfile.parse(_doc([REWARD_MODEL])).spec
+    steps = pipeline.plan(spec, "r")
+    by_key = {s.key: s for s in steps}
+    assert [s.key for s in steps if s.iteration == 1] == [
+        "iter-1/sample", "iter-1/score-m0", "iter-1/reward", "iter-1/consistency",
+        "iter-1/dpo", "iter-1/evaluate"]
+    reward = by_key["iter-1/reward"].request
+    assert (reward.model, reward.model_type, reward.critique_tokens, reward.responses) == (
+        "builtin://tiny-cloud", "cloud", 64, "r/iter-1/sample/responses.jsonl")
+    assert by_key["iter-1/reward"].after == ("iter-1/sample",)
+    cons = by_key["iter-1/consistency"].request
+    assert (cons.reward, cons.rewards, cons.current, cons.previous) == (
+        "rewardModel", "r/iter-1/reward/rewards.jsonl", "r/iter-1/score-m0/scores.jsonl", None)
+    assert set(by_key["iter-1/consistency"].after) == {"iter-1/score-m0", "iter-1/reward"}
+    assert by_key["iter-1/dpo"].request.model == TINY["spec"]["model"]["base"]
+
+    metrics = {"iter-1/reward": {"reward_mean": -0.25, "reward_std": 0.5},
+               "iter-1/consistency": {"pairs": 4, "dropped": 0, "consistency_rate": None}}
+    (row,) = [r for r in pipeline.results(steps, metrics, "r", spec) if r.iteration == 1]
+    assert (row.kind, row.reward_model_mean, row.reward_model_std, row.pairs,
+            row.consistency_rate) == ("selfReward", -0.25, 0.5, 4, None)
+
+
+@pytest.mark.parametrize(("step", "path", "words"), [
+    ({"kind": "selfReward", "reward": "rewardModel"}, "spec.schedule[1]", "needs rewardModel"),
+    ({"kind": "selfReward", "rewardModel": {"uri": "hf://o/rm", "type": "classic"}},
+     "spec.schedule[1]", "needs reward: rewardModel"),
+    ({"kind": "spin", "rewardModel": {"uri": "hf://o/rm", "type": "classic"}},
+     "spec.schedule[1]", "rewardModel applies to step kinds selfReward only"),
+    ({**REWARD_MODEL, "rewardModel": {"uri": "hf://o/rm", "type": "scalar"}},
+     "spec.schedule[1].rewardModel.type", ""),
+    ({**REWARD_MODEL, "rewardModel": {"type": "classic"}}, "spec.schedule[1].rewardModel.uri",
+     ""),
+    ({**REWARD_MODEL, "rewardModel": {"uri": "builtin://tiny-judge", "type": "classic"}},
+     "spec.schedule[1].rewardModel.uri", "builtin models are builtin://tiny-llama, "
+     "builtin://tiny-reward, builtin://tiny-cloud"),
+])
+def test_bad_reward_model_settings_are_refused_with_the_field_path(step, path, words):
+    problems = _problems(_doc([{"kind": "sft"}, step]))
+    assert any(p.startswith(path) and words in p for p in problems), problems
+
+
 def _stop_spec(schedule, **rule):
     doc = _doc(schedule)
     doc["spec"]["earlyStopping"] = rule

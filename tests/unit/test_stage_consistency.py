@@ -175,3 +175,42 @@ def test_scores_from_different_backends_are_refused(tmp_path, capsys):
     code, _ = _run(tmp_path, responses=responses, current=str(tmp_path / "cur/scores.jsonl"),
                    previous=str(tmp_path / "prev/scores.jsonl"))
     assert code == 2 and "different backends" in capsys.readouterr().err
+
+
+REWARDS = {"p1": [0.5, -1.0, 2.0, 0.1], "p2": [0.3, 0.3, 0.3, 0.3],  # p2: all tie, dropped
+           "p3": [-2.0, 1.5, 1.5, -0.5]}  # p3: chosen ties broken by the first index
+
+
+def test_reward_model_pairs_are_best_vs_worst_reward_with_weight_one(tmp_path):
+    """An external reward model's rewards make the pairs: argmax vs argmin, all-tied prompts
+    dropped, weight 1 whatever the strategy (a fixed model has no previous ranking), and the
+    current model's log-probs as dpo's reference."""
+    responses, cur, _, _ = _setup(tmp_path)
+    rewards = _write(tmp_path / "rewards.jsonl", [
+        {"prompt_id": p, "rewards": REWARDS[p], "critiques": [], "responses_digest": _digest(p)}
+        for p in PROMPTS])
+    code, out = _run(tmp_path, responses=responses, current=cur, reward="rewardModel",
+                     rewards=rewards, strategy="dynamic")
+    assert code == 0
+    pairs = {r["prompt_id"]: r for r in _rows(out / "pairs.jsonl")}
+    assert sorted(pairs) == ["p1", "p3"]
+    assert (pairs["p1"]["chosen_index"], pairs["p1"]["rejected_index"]) == (2, 1)
+    assert (pairs["p3"]["chosen_index"], pairs["p3"]["rejected_index"]) == (1, 0)
+    for pid, pair in pairs.items():
+        assert pair["weight"] == 1.0
+        assert pair["ref_chosen_logp"] == S_CUR[pid][pair["chosen_index"]]
+        assert pair["ref_rejected_length"] == LENGTHS[pid][pair["rejected_index"]]
+    metrics = json.loads((out / "manifest.json").read_text())["metrics"]
+    assert (metrics["pairs"], metrics["dropped"], metrics["consistency_rate"]) == (2, 1, None)
+    assert metrics["reward_model_margin_mean"] == pytest.approx(((2.0 + 1.0) + (1.5 + 2.0)) / 2)
+
+
+def test_reward_model_rewards_of_another_sample_are_refused(tmp_path):
+    responses, cur, _, _ = _setup(tmp_path)
+    rewards = _write(tmp_path / "rewards.jsonl", [
+        {"prompt_id": p, "rewards": REWARDS[p], "critiques": [],
+         "responses_digest": _digest(p, sample="other")} for p in PROMPTS])
+    code, out = _run(tmp_path, responses=responses, current=cur, reward="rewardModel",
+                     rewards=rewards)
+    assert code == 2
+    assert not (out / "manifest.json").exists()
