@@ -66,7 +66,9 @@ def test_step_kinds_figures_follow_the_status():
                                reward_accuracy=0.75),
                IterationResult(iteration=2, kind="selfReward", pairs=5, reward_margin=0.1,
                                reward_accuracy=0.6, judge_parse_failures=7,
-                               judge_score_counts={"3.0": 4, "5.0": 2})]
+                               judge_score_counts={"3.0": 4, "5.0": 2}),
+               IterationResult(iteration=3, kind="selfReward", pairs=6, reward_model_mean=-0.5,
+                               reward_model_std=0.25)]
     m.observe_run("ml", "mix", _status("Running", results))
     assert _value(m, "cream_reward_margin", namespace="ml", run="mix", iteration="1",
                   step="spin") == 0.4
@@ -76,6 +78,10 @@ def test_step_kinds_figures_follow_the_status():
                   iteration="2") == 7
     assert _value(m, "cream_judge_scores", namespace="ml", run="mix", iteration="2",
                   score="3.0") == 4
+    assert _value(m, "cream_reward_model_mean", namespace="ml", run="mix", iteration="3") == -0.5
+    assert _value(m, "cream_reward_model_std", namespace="ml", run="mix", iteration="3") == 0.25
+    # Iterations not ranked by a reward model have no series of it.
+    assert _value(m, "cream_reward_model_std", namespace="ml", run="mix", iteration="2") is None
     # A run without a schedule: its DPO iterations are selfReward ones.
     m.observe_run("ml", "plain", _status("Running", [IterationResult(
         iteration=1, reward_margin=0.2, reward_accuracy=0.5)]))
