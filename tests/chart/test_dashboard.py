@@ -65,7 +65,8 @@ def exported() -> tuple[dict[str, set[str]], set[str]]:
     m.observe_run("ml", "tiny", CreamRunStatus(phase="Running", results=[
         IterationResult(iteration=1, consistency_rate=0.7, pairs=3, accuracy={"gsm8k": 0.2},
                         reward_margin=0.1, reward_accuracy=0.5, judge_parse_failures=2,
-                        judge_score_counts={"4.0": 3})]))
+                        judge_score_counts={"4.0": 3}, reward_model_mean=0.3,
+                        reward_model_std=0.1)]))
     m.stage_finished("sft", 12.0)
     m.stage_failed("dpo")
     m.reconcile.observe(0.01)
