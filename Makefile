@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo demo-smollm2 test test-unit test-stages test-cluster lint crds clean
+.PHONY: venv demo demo-smollm2 test test-unit test-stages test-cluster lint crds clean images image-tools
 
 # The tests need every part: the operator's extra, the stages' CPU path, DeepSpeed on the CPU, and
 # the dev tools.
@@ -36,10 +36,24 @@ demo: venv
 demo-smollm2: venv
 	$(VENV)/bin/cream run examples/smollm2.yaml --out runs/smollm2
 
+# Both images without a Docker engine (images/build.py): a Debian base made with mmdebstrap, then
+# buildah, each image skipped when built from the same source. Needs root; installs buildah and
+# mmdebstrap from Debian's packages when missing. The tests run Pods from these images.
+images: image-tools
+	python3 images/build.py
+
+image-tools:
+	@command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		  buildah mmdebstrap >/dev/null; }
+
 lint: venv
 	$(PY) -m ruff check .
 
-test: venv cluster-tools lint
+# The Go builds of cluster-tools and the image builds run side by side on a fresh machine (minutes
+# each; output kept per target); image-tools first, so the two never run apt-get at once.
+test: venv lint image-tools
+	@$(MAKE) --no-print-directory -j2 -Otarget cluster-tools images
 	$(PY) -m pytest
 
 test-unit: venv
@@ -48,7 +62,7 @@ test-unit: venv
 test-stages: venv
 	$(PY) -m pytest tests/stages
 
-test-cluster: venv cluster-tools
+test-cluster: venv cluster-tools images
 	$(PY) -m pytest tests/cluster
 
 crds: venv

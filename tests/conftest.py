@@ -2,6 +2,7 @@
 directory so that tests/cluster and tests/chart share one session-scoped cluster."""
 
 from kubeharness.fixtures import (  # noqa: F401 - fixtures, used by name
+    built_images,
     cluster,
     k8s_api,
     kube_env,

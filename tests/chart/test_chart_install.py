@@ -1,8 +1,10 @@
 """`helm install` on the real control plane, end to end: the chart's Deployment runs the operator
-(a Pod the local node agent runs as a process, with the chart's ServiceAccount token, so the real
-API server enforces the chart's RBAC), a CreamRun of one iteration succeeds with artifacts in the
-real S3 server through the chart's Secret, `helm test` passes, and a real Prometheus scraping the
-operator answers every query of the Grafana dashboard."""
+from the operator image `make images` built (the local node agent runs the Pod from the image's
+root filesystem, as its user, with the chart's ServiceAccount token, so the real API server
+enforces the chart's RBAC), a CreamRun of one iteration succeeds with every stage Job run from the
+built stages image (its CPU variant) and artifacts in the real S3 server through the chart's
+Secret, `helm test` passes, and a real Prometheus scraping the operator answers every query of
+the Grafana dashboard."""
 
 from __future__ import annotations
 
@@ -55,10 +57,14 @@ def helm_run(kube_env):
 
 def test_helm_install_runs_a_creamrun_and_the_dashboard_answers(
         tmp_path, helm_run, kubectl, namespace, s3, k8s_api, prometheus_factory, wait_until,
-        node_agent):
+        node_agent, built_images):
     bucket = s3.make_bucket()
     health, metrics = free_port(), free_port()
+    operator_image, stages_image = (dict(zip(("repository", "tag"), built_images[name]
+                                             .rsplit(":", 1), strict=True))
+                                    for name in ("operator", "stages"))
     values = {
+        "image": operator_image,
         "watchNamespaces": [namespace],
         # The node agent runs every Pod on the host's loopback: free ports, no cluster DNS.
         "ports": {"health": health, "metrics": metrics},
@@ -66,7 +72,7 @@ def test_helm_install_runs_a_creamrun_and_the_dashboard_answers(
         "s3": {"storageUri": f"s3://{bucket}/runs", "createSecret": True,
                "accessKey": s3.access_key, "secretKey": s3.secret_key,
                "endpoint": s3.endpoint, "region": s3.region},
-        "stages": {"defaultGpus": 0},
+        "stages": {"defaultGpus": 0, "image": stages_image},
     }
     values_file = tmp_path / "values.yaml"
     values_file.write_text(yaml.safe_dump(values))
@@ -97,6 +103,12 @@ def test_helm_install_runs_a_creamrun_and_the_dashboard_answers(
         except AssertionError as exc:
             raise AssertionError(f"{exc}\noperator log:\n{operator_log()}") from None
         assert status["phase"] == "Succeeded", json.dumps(status, indent=1)[-4000:]
+        # Every Pod ran from its image (the node agent records each container it ran from one).
+        pods = core.list_namespaced_pod(namespace).items
+        assert {p.spec.containers[0].image for p in pods} == {
+            built_images["operator"], built_images["stages"]}, [p.metadata.name for p in pods]
+        assert all(json.loads(node_agent.log(p).with_suffix(".image.json").read_text())["image"]
+                   == p.spec.containers[0].image for p in pods)
 
         proc = helm_run("test", RELEASE, "--namespace", namespace)
         assert "Phase:          Succeeded" in proc.stdout, proc.stdout

@@ -55,6 +55,7 @@ Function-scoped:
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import secrets
 import subprocess
 from collections.abc import Callable, Iterator
@@ -64,7 +65,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from kubeharness import binaries, testing
+from kubeharness import binaries, images, testing
 from kubeharness.cluster import Cluster
 from kubeharness.kueue import Kueue
 from kubeharness.kwok import Kwok
@@ -72,6 +73,7 @@ from kubeharness.prometheus import Prometheus
 from kubeharness.s3server import S3Server
 
 GPUS = 8
+IMAGES_BUILD = Path(__file__).resolve().parents[2] / "images" / "build.py"
 
 
 @pytest.fixture(scope="session")
@@ -238,3 +240,18 @@ def kwok_factory(cluster: Cluster, tmp_path: Path) -> Iterator[Callable[..., Kwo
     yield start
     for kwok in started:
         kwok.stop()
+
+
+@pytest.fixture(scope="session")
+def built_images() -> dict[str, str]:
+    spec = importlib.util.spec_from_file_location("images_build", IMAGES_BUILD)
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    if not images.available():
+        pytest.fail("buildah is not installed: run `make images` (it installs buildah and "
+                    "mmdebstrap, then builds both images)")
+    stale = [ref for name, ref in build.IMAGES.items() if not build.current(name)]
+    if stale:
+        pytest.fail(f"images {stale} are missing or older than the working tree: run "
+                    "`make images`")
+    return dict(build.IMAGES)

@@ -3,8 +3,10 @@
 A kubelet and a container runtime cannot run here, so this agent plays the node. It registers a
 Node (Ready, with cpu/memory/pods/nvidia.com/gpu capacity) and keeps its Lease fresh, so the real
 scheduler binds Pods to it and the node lifecycle controller leaves it alone. For every Pod bound to
-it, it runs each container's command as a local process: images are ignored, the process runs in
-the project's environment (the venv's bin first on PATH, so ``python`` is the venv's python).
+it, it runs each container's command as a local process: from the container's image when this
+machine's buildah storage has it (`make images`; images.py says what that gives and what it does
+not), otherwise in the project's environment (the venv's bin first on PATH, so ``python`` is the
+venv's python).
 
 Filesystem: each container runs in a private mount namespace (``unshare --mount``, the agent runs
 as root) where every volumeMount, and the termination-message file, is bind-mounted at its
@@ -45,7 +47,7 @@ from urllib.parse import urlparse
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from . import podnet, podspec
+from . import images, podnet, podspec
 from .binaries import KUBERNETES_VERSION
 from .kubeletlogs import LogServer
 from .podrun import PodRun, delete_now, now, now_micro, raw
@@ -85,12 +87,16 @@ class NodeAgent:
                               host=self.addresses.node_ip)
 
     # --- the Pod's environment ----------------------------------------------------------------
-    def base_env(self, pod: dict) -> dict[str, str]:
-        """The node's environment, as a container's starting point: the project's environment
-        with the venv first on PATH, and what the kubelet always adds."""
-        drop = ("KUBECONFIG", "PYTEST_", "KUBERNETES_")
-        env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-        env["PATH"] = f"{self.venv_bin}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
+    def base_env(self, pod: dict, image: images.Image | None = None) -> dict[str, str]:
+        """A container's starting point: the image's Env when it runs from an image, else the
+        project's environment with the venv first on PATH; then what the kubelet always adds."""
+        if image:
+            env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                   **image.env()}
+        else:
+            drop = ("KUBECONFIG", "PYTEST_", "KUBERNETES_")
+            env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+            env["PATH"] = f"{self.venv_bin}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}"
         env["HOSTNAME"] = podnet.hostname(pod)
         # in-cluster config (kubernetes.config.load_incluster_config, kopf) finds the API here
         port = str(self.api_port)

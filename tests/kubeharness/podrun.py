@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import urllib3
 from kubernetes.client.exceptions import ApiException
 
-from . import podnet, podspec
+from . import images, podnet, podspec
 from .process import die_with_parent
 
 if TYPE_CHECKING:
@@ -75,6 +75,8 @@ class ContainerRun:
         self.log_path = pod_run.dir / f"{self.name}.log"
         self.message_path = pod_run.dir / "termination" / self.name
         self.exit_code: int | None = None
+        # Run from the image when this machine has it (images.py), else from the environment.
+        self.image = images.find(spec.get("image"))
 
     def status(self) -> dict:
         return {
@@ -113,17 +115,38 @@ class ContainerRun:
     def run_once(self, env: dict[str, str], mounts: list[podspec.Mount]) -> int:
         """Start the process, wait for it, record its termination; return the exit code."""
         pr = self.pod_run
+        image = self.image
+        rootfs_name = f"kubeharness-{pr.uid}-{self.name}"
         try:
-            argv = podspec.command_line(self.spec, env)
-        except podspec.Unsupported as e:
-            self.terminate("StartError", 128, str(e), now())
+            if image:
+                argv = image.argv(self.spec, env)
+                rootfs = images.create_rootfs(image, rootfs_name)
+                workdir, (uid, gid) = image.workdir(self.spec), image.user(pr.pod, self.spec,
+                                                                           rootfs)
+                ctx = {**(pr.pod["spec"].get("securityContext") or {}),
+                       **(self.spec.get("securityContext") or {})}
+                if uid == 0 and ctx.get("runAsNonRoot"):  # the kubelet's check, and its words
+                    images.remove_rootfs(rootfs_name)
+                    raise podspec.NotReady("container has runAsNonRoot and image will run as "
+                                           "root")
+                from_image = {"rootfs": str(rootfs), "user": [uid, gid],
+                              "read_only_root": bool(ctx.get("readOnlyRootFilesystem"))}
+                # what ran, beside the container's log: <container>.image.json
+                self.log_path.with_suffix(".image.json").write_text(json.dumps(
+                    {"image": image.reference, **from_image}))
+            else:
+                argv, workdir, from_image = podspec.command_line(self.spec, env), None, {}
+        except (podspec.Unsupported, subprocess.CalledProcessError) as e:
+            msg = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
+            self.terminate("StartError", 128, msg, now())
             return 128
-        workdir = self.spec.get("workingDir")
+        if not image:
+            workdir = self.spec.get("workingDir")
         host_workdir = pr.dir / "work" / self.name
         if not workdir:
             host_workdir.mkdir(parents=True, exist_ok=True)
         # A bare command name must be found on the container's PATH; say so like a runtime does.
-        if "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
+        if not image and "/" not in argv[0] and shutil.which(argv[0], path=env.get("PATH")) is None:
             msg = (f'failed to start container "{self.name}": exec: "{argv[0]}": executable file '
                    "not found in $PATH")
             self.terminate("StartError", 128, msg, now())
@@ -132,6 +155,7 @@ class ContainerRun:
             return 128
         self.message_path.parent.mkdir(parents=True, exist_ok=True)
         self.message_path.write_bytes(b"")
+        self.message_path.chmod(0o666)  # the container's user may not be root
         msg_target = self.spec.get("terminationMessagePath") or "/dev/termination-log"
         all_mounts = [podspec.Mount(pr.hosts_path, "/etc/hosts", False, True), *mounts,
                       podspec.Mount(self.message_path, msg_target, False, True)]
@@ -139,7 +163,7 @@ class ContainerRun:
                                       for m in all_mounts],
                            "workdir": workdir or str(host_workdir),
                            "host_workdir": not workdir, "keep": KEEP,
-                           "hostname": podnet.hostname(pr.pod), "argv": argv})
+                           "hostname": podnet.hostname(pr.pod), "argv": argv, **from_image})
         started = now()
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(
@@ -156,6 +180,8 @@ class ContainerRun:
         # the container ends with its main process: take its stray children with it
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        if image:
+            images.remove_rootfs(rootfs_name)
         code = rc if rc >= 0 else 128 - rc
         reason = "Completed" if code == 0 else "Error"
         self.terminate(reason, code, self._termination_message(code), started)
@@ -391,7 +417,8 @@ class PodRun(threading.Thread):
         while True:
             try:
                 env = podspec.container_env(self.pod, c.spec, self.agent.reader,
-                                            self.agent.base_env(self.pod), self.agent.allocatable)
+                                            self.agent.base_env(self.pod, c.image),
+                                            self.agent.allocatable)
                 mounts = podspec.mounts_for(c.spec, volumes)
                 code = c.run_once(env, mounts)
             except podspec.NotReady as e:

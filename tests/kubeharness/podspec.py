@@ -228,6 +228,7 @@ def materialize_volume(pod: dict, vol: dict, dir: Path, reader: Reader,
     name = vol["name"]
     dir.mkdir(parents=True, exist_ok=True)
     if "emptyDir" in vol:
+        dir.chmod(0o777)  # as the kubelet makes it: writable by whatever user the container runs as
         return dir
     if "hostPath" in vol:
         path = Path(vol["hostPath"]["path"])
