@@ -33,7 +33,8 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+VERSION = PYPROJECT["project"]["version"]
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 # The base's packages: what both Dockerfiles' stages expect of a Debian-like base (python on
@@ -118,14 +119,13 @@ def ensure_base() -> str:
 
 
 def requirements(extra: str) -> list[str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    project = PYPROJECT["project"]
     return [*project["dependencies"], *project["optional-dependencies"][extra]]
 
 
 def fill_wheelhouse(extra: str, constraints: Path) -> None:
     """Every wheel an image's pip installs (and setuptools, the project's build backend)."""
-    build_backend = tomllib.loads((ROOT / "pyproject.toml").read_text())["build-system"]
-    wanted = requirements(extra) + build_backend["requires"]
+    wanted = requirements(extra) + PYPROJECT["build-system"]["requires"]
     # pip download resolves against the index even when every file is here (a minute for the
     # stages' 3 GB): a stamp per requirement set and pins skips it.
     stamp = WHEELS / f".downloaded-{digest(*wanted, constraints.read_bytes())}"

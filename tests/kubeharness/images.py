@@ -52,38 +52,40 @@ class Image:
     def workdir(self, container: dict) -> str:
         return container.get("workingDir") or self.config.get("WorkingDir") or "/"
 
-    def user(self, pod: dict, container: dict, rootfs: Path) -> tuple[int, int]:
-        """The Pod's runAsUser/runAsGroup (container over Pod), else the image's USER."""
-        pod_ctx = pod["spec"].get("securityContext") or {}
-        ctx = container.get("securityContext") or {}
+    def user(self, ctx: dict, rootfs: Path) -> tuple[int, int]:
+        """runAsUser/runAsGroup of the security context (security_context), else the image's
+        USER: numeric, or a name in the image's /etc/passwd and /etc/group."""
         name, _, group = (self.config.get("User") or "0").partition(":")
-        uid = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
-        uid = uid if uid is not None else _lookup(rootfs / "etc" / "passwd", name, 2)
-        gid = ctx.get("runAsGroup", pod_ctx.get("runAsGroup"))
-        if gid is None:
-            gid = (_lookup(rootfs / "etc" / "group", group, 2) if group else
-                   _passwd_gid(rootfs, uid))
+        uid = ctx.get("runAsUser")
+        if uid is None:
+            uid = int(name) if name.isdigit() else _entry(rootfs / "etc" / "passwd", 0, name)[2]
+        gid = ctx.get("runAsGroup")
+        if gid is None and group:
+            gid = int(group) if group.isdigit() else _entry(rootfs / "etc" / "group", 0, group)[2]
+        if gid is None:  # the user's primary group, as runtimes take it
+            entry = _entry(rootfs / "etc" / "passwd", 2, str(uid), missing=None)
+            gid = entry[3] if entry else uid
         return int(uid), int(gid)
 
 
-def _lookup(path: Path, name: str, field: int) -> int:
-    """A numeric id as is; a name through the image's /etc/passwd or /etc/group."""
-    if name.isdigit():
-        return int(name)
+def security_context(pod: dict, container: dict) -> dict:
+    """The container's securityContext over the Pod's (the fields both have)."""
+    return {**(pod["spec"].get("securityContext") or {}),
+            **(container.get("securityContext") or {})}
+
+
+_NOT_FOUND = object()
+
+
+def _entry(path: Path, field: int, value: str, missing=_NOT_FOUND) -> list[str] | None:
+    """The first line of an /etc/passwd-like file whose `field` is `value`, split on ':'."""
     for line in path.read_text().splitlines() if path.exists() else []:
         parts = line.split(":")
-        if parts[0] == name:
-            return int(parts[field])
-    raise podspec.Unsupported(f"unable to find user {name}: no matching entries in {path.name}")
-
-
-def _passwd_gid(rootfs: Path, uid: int) -> int:
-    passwd = rootfs / "etc" / "passwd"
-    for line in passwd.read_text().splitlines() if passwd.exists() else []:
-        parts = line.split(":")
-        if len(parts) > 3 and parts[2] == str(uid):
-            return int(parts[3])
-    return uid if uid else 0
+        if len(parts) > 3 and parts[field] == value:
+            return parts
+    if missing is _NOT_FOUND:
+        raise podspec.Unsupported(f"unable to find {value}: no matching entries in {path.name}")
+    return missing
 
 
 def available() -> bool:

@@ -112,36 +112,45 @@ class ContainerRun:
                 text = "\n".join(lines[-FALLBACK_LINES:])[-MESSAGE_LIMIT:]
         return text
 
+    @property
+    def rootfs_name(self) -> str:
+        return f"kubeharness-{self.pod_run.uid}-{self.name}"
+
+    def _from_image(self, env: dict[str, str]) -> tuple[list[str], str, dict]:
+        """Command line, working directory and launcher settings of a start from the image, its
+        root filesystem made (and removed again if the start is refused)."""
+        image, pod = self.image, self.pod_run.pod
+        argv = image.argv(self.spec, env)
+        rootfs = images.create_rootfs(image, self.rootfs_name)
+        try:
+            ctx = images.security_context(pod, self.spec)
+            uid, gid = image.user(ctx, rootfs)
+            if uid == 0 and ctx.get("runAsNonRoot"):  # the kubelet's check, and its words
+                raise podspec.NotReady("container has runAsNonRoot and image will run as root")
+        except BaseException:
+            images.remove_rootfs(self.rootfs_name)
+            raise
+        from_image = {"rootfs": str(rootfs), "user": [uid, gid],
+                      "read_only_root": bool(ctx.get("readOnlyRootFilesystem"))}
+        # what ran, beside the container's log: <container>.image.json
+        self.log_path.with_suffix(".image.json").write_text(json.dumps(
+            {"image": image.reference, **from_image}))
+        return argv, image.workdir(self.spec), from_image
+
     def run_once(self, env: dict[str, str], mounts: list[podspec.Mount]) -> int:
         """Start the process, wait for it, record its termination; return the exit code."""
         pr = self.pod_run
         image = self.image
-        rootfs_name = f"kubeharness-{pr.uid}-{self.name}"
         try:
             if image:
-                argv = image.argv(self.spec, env)
-                rootfs = images.create_rootfs(image, rootfs_name)
-                workdir, (uid, gid) = image.workdir(self.spec), image.user(pr.pod, self.spec,
-                                                                           rootfs)
-                ctx = {**(pr.pod["spec"].get("securityContext") or {}),
-                       **(self.spec.get("securityContext") or {})}
-                if uid == 0 and ctx.get("runAsNonRoot"):  # the kubelet's check, and its words
-                    images.remove_rootfs(rootfs_name)
-                    raise podspec.NotReady("container has runAsNonRoot and image will run as "
-                                           "root")
-                from_image = {"rootfs": str(rootfs), "user": [uid, gid],
-                              "read_only_root": bool(ctx.get("readOnlyRootFilesystem"))}
-                # what ran, beside the container's log: <container>.image.json
-                self.log_path.with_suffix(".image.json").write_text(json.dumps(
-                    {"image": image.reference, **from_image}))
+                argv, workdir, from_image = self._from_image(env)
             else:
-                argv, workdir, from_image = podspec.command_line(self.spec, env), None, {}
+                argv, workdir = podspec.command_line(self.spec, env), self.spec.get("workingDir")
+                from_image = {}
         except (podspec.Unsupported, subprocess.CalledProcessError) as e:
             msg = e.stderr.strip() if isinstance(e, subprocess.CalledProcessError) else str(e)
             self.terminate("StartError", 128, msg, now())
             return 128
-        if not image:
-            workdir = self.spec.get("workingDir")
         host_workdir = pr.dir / "work" / self.name
         if not workdir:
             host_workdir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +190,7 @@ class ContainerRun:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         if image:
-            images.remove_rootfs(rootfs_name)
+            images.remove_rootfs(self.rootfs_name)
         code = rc if rc >= 0 else 128 - rc
         reason = "Completed" if code == 0 else "Error"
         self.terminate(reason, code, self._termination_message(code), started)
