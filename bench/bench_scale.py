@@ -381,6 +381,9 @@ def trial(args, index: int) -> dict:
         "operator_requests_per_run_stage": round(audit.requests / max(run_stages, 1), 2),
         "operator_requests_by_kind": dict(audit.by_verb_resource.most_common()),
         "operator_codes": {str(k): v for k, v in sorted(audit.by_code.items())},
+        "operator_failures": [{"code": code, "request": request, "message": message[:300],
+                               "count": n}
+                              for (code, request, message), n in audit.failures.most_common(10)],
         "all_requests_per_run_stage": round(sum(codes.values()) / max(run_stages, 1), 2),
         "apiserver_codes": {k: int(v) for k, v in sorted(codes.items())},
         # every client's requests but watches: how loaded the API server was

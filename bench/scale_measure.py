@@ -144,6 +144,8 @@ class AuditSummary:
     requests: int = 0
     by_verb_resource: Counter = field(default_factory=Counter)
     by_code: Counter = field(default_factory=Counter)
+    # (code, "verb resource", the API server's message): what a refused request was refused for
+    failures: Counter = field(default_factory=Counter)
 
 
 def audit_summary(lines: Iterable[str], user: str) -> AuditSummary:
@@ -160,5 +162,9 @@ def audit_summary(lines: Iterable[str], user: str) -> AuditSummary:
                                               if ref.get("subresource") else "")
         out.requests += 1
         out.by_verb_resource[f"{ev.get('verb')} {resource}"] += 1
-        out.by_code[(ev.get("responseStatus") or {}).get("code", 0)] += 1
+        status = ev.get("responseStatus") or {}
+        code = status.get("code", 0)
+        out.by_code[code] += 1
+        if code >= 400:
+            out.failures[(code, f"{ev.get('verb')} {resource}", status.get("message", ""))] += 1
     return out

@@ -67,17 +67,20 @@ def test_request_codes_are_an_increase():
 
 
 def test_audit_summary_counts_one_users_completed_requests():
-    def line(user, verb, resource, code, stage="ResponseComplete", sub=None):
+    def line(user, verb, resource, code, stage="ResponseComplete", sub=None, message=None):
         ref = {"resource": resource, **({"subresource": sub} if sub else {})}
+        status = {"code": code, **({"message": message} if message else {})}
         return json.dumps({"stage": stage, "user": {"username": user}, "verb": verb,
-                           "objectRef": ref, "responseStatus": {"code": code}})
-    lines = [line("op", "create", "jobs", 201), line("op", "patch", "creamruns", 409, sub="status"),
+                           "objectRef": ref, "responseStatus": status})
+    lines = [line("op", "create", "jobs", 201),
+             line("op", "patch", "creamruns", 409, sub="status", message="conflict"),
              line("op", "watch", "jobs", 200, stage="ResponseStarted"),
              line("admin", "create", "creamruns", 201), ""]
     s = audit_summary(lines, "op")
     assert s.requests == 2
     assert s.by_verb_resource == {"create jobs": 1, "patch creamruns/status": 1}
     assert s.by_code == {201: 1, 409: 1}
+    assert s.failures == {(409, "patch creamruns/status", "conflict"): 1}
 
 
 def test_histogram_increase_sums_label_sets_and_leaves_out_watches():
