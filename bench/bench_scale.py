@@ -60,6 +60,7 @@ from scale_measure import (  # noqa: E402
 )
 
 from cream_operator import pipeline  # noqa: E402
+from cream_operator.config import WORKERS  # noqa: E402
 from cream_operator.jobs import ANNOTATION_STEP, LABEL_RUN  # noqa: E402
 from cream_operator.spec import GROUP, PLURAL, VERSION, CreamRunSpec  # noqa: E402
 from kubeharness import binaries  # noqa: E402
@@ -76,8 +77,9 @@ AUDIT_POLICY = {
 }
 
 
-def run_spec(node_selector: dict, toleration: dict) -> dict:
-    """One iteration, no baseline evaluation: sft, sample, score x2, consistency, dpo, evaluate."""
+def run_spec(node_selector: dict, toleration: dict, cleanup_policy: str = "Retain") -> dict:
+    """One iteration, no baseline evaluation: sft, sample, score x2, consistency, dpo, evaluate.
+    cleanupPolicy Delete puts kopf's finalizer (and its patches) on every run."""
     gpu = {"gpus": 1, "cpu": "4", "memory": "32Gi"}
     return {
         "iterations": 1,
@@ -91,6 +93,7 @@ def run_spec(node_selector: dict, toleration: dict) -> dict:
         "resources": {"sft": gpu, "sample": gpu, "score": gpu, "dpo": gpu, "evaluate": gpu,
                       "consistency": {"gpus": 0, "cpu": "2", "memory": "8Gi"}},
         "scheduling": {"nodeSelector": node_selector, "tolerations": [toleration]},
+        "cleanupPolicy": cleanup_policy,
     }
 
 
@@ -283,7 +286,8 @@ def trial(args, index: int) -> dict:
             op_env["PYTHONPATH"] = os.pathsep.join(
                 [str(src / "operator"), str(src / "stages"), op_env.get("PYTHONPATH", "")])
         before = apiserver_metrics(cluster)
-        op = OperatorProcess(op_env, NAMESPACE, state, "s3://bench/runs").start()
+        op = OperatorProcess(op_env, NAMESPACE, state, "s3://bench/runs",
+                             args=("--workers", str(args.workers)) if args.workers else ()).start()
         if args.profile:  # sampled stacks of every thread, waiting ones too (--idle)
             args.profile.mkdir(parents=True, exist_ok=True)
             out = args.profile / f"operator-{args.runs}-{index}.txt"
@@ -292,7 +296,7 @@ def trial(args, index: int) -> dict:
                  "--format", "raw", "--rate", "50", "-o", str(out), "--pid", str(op.proc.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         rec = Recorder(cluster.api_client(), NAMESPACE).start()
-        spec = run_spec(kwok.node_selector, kwok.toleration)
+        spec = run_spec(kwok.node_selector, kwok.toleration, args.cleanup_policy)
         custom = client.CustomObjectsApi(api)
         names = [f"scale-{i:04d}" for i in range(args.runs)]
         loads["apply"] = loadavg()
@@ -361,6 +365,7 @@ def trial(args, index: int) -> dict:
 
     record = {
         "runs": args.runs, "trial": index, "operator": args.operator_src or "installed",
+        "cleanup_policy": args.cleanup_policy, "workers": args.workers or WORKERS,
         "nodes": args.nodes, "nodes_ready_at_end": nodes_ready, "stage_ms": args.stage_ms,
         "phases": phases, "runs_with_results": with_results,
         "final_seen": len(final), "jobs": run_stages, "early_jobs": len(lat.early),
@@ -427,6 +432,9 @@ def main() -> None:
     p.add_argument("--stage-ms", type=int, default=2000,
                    help="a simulated stage runs this long plus up to twice as much jitter")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--workers", type=int, help="the operator's --workers (default: its own)")
+    p.add_argument("--cleanup-policy", choices=("Retain", "Delete"), default="Retain",
+                   help="the runs' cleanupPolicy (Delete: kopf's finalizer on each)")
     p.add_argument("--state-dir", default=None, help="where trial state goes (default: /tmp)")
     p.add_argument("--keep", action="store_true", help="keep each trial's state directory")
     p.add_argument("--operator-src", help="run the operator of this checkout (e.g. a baseline "

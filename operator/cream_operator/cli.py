@@ -10,6 +10,7 @@ import sys
 from cream_stages import artifacts
 
 from . import crd, local, specfile, view
+from .config import WORKERS
 
 
 def _load_checked(path: str):
@@ -83,6 +84,13 @@ def _crd(_args) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _operator(args) -> int:
     from .startup import run_operator  # noqa: PLC0415 - kopf only when the operator runs
 
@@ -124,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--log-format", choices=("text", "json"), default="text",
                    help="json: one JSON object a line, an action's fields as keys")
+    p.add_argument("--workers", type=_positive, default=WORKERS,
+                   help="handler threads, i.e. API calls in flight (bench/RESULTS.md: "
+                        "bench_scale.py measures the trade)")
     p.set_defaults(func=_operator)
     return parser
 

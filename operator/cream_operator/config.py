@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+# Handler threads (`cream operator --workers`). A reconcile spends nearly all its time waiting on
+# the API server, so threads are how many API calls are in flight: with 8, a thousand runs queued
+# for tens of seconds behind a loaded API server (bench/RESULTS.md). The client's connection pool
+# matches it (startup.kube_client).
+WORKERS = 32
+
 
 @dataclass(frozen=True)
 class OperatorConfig:

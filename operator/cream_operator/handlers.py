@@ -14,6 +14,7 @@ import logging
 import kopf
 
 from . import jobs
+from .config import WORKERS
 from .controller import Controller
 from .spec import GROUP, PLURAL, VERSION
 
@@ -23,25 +24,18 @@ EVENTS = ("", "v1", "events")
 FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
 
 RESYNC_SECONDS = 60.0
-# Threads for the sync handlers. A reconcile spends nearly all its time waiting on the API server,
-# so threads are how many API calls are in flight: with 8, a thousand runs queued for tens of
-# seconds behind a loaded API server (bench/RESULTS.md). The client's connection pool matches it
-# (startup.kube_client).
-WORKERS = 32
-
-
 def _controller(memo: kopf.Memo) -> Controller:
     return memo.controller
 
 
 @kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_) -> None:
+def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # kopf keeps its own bookkeeping in annotations, so our status schema stays fully typed.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = WORKERS
+    settings.execution.max_workers = memo.get("workers", WORKERS)
     # Of all Events, only the Job controller's "cannot create a Pod" ones, filtered by the API
     # server: one quiet watch instead of a LIST per waiting Job.
     settings.watching.field_selectors[EVENTS] = FAILED_CREATE

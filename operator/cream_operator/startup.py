@@ -14,7 +14,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from . import handlers  # noqa: F401 - importing it registers the kopf handlers
-from .config import OperatorConfig
+from .config import WORKERS, OperatorConfig
 from .controller import Controller
 from .leader import ElectionConfig, Elector, LeaseLock
 from .metrics import Metrics
@@ -23,7 +23,7 @@ from .resync import Resync
 LOG_FORMATS = {"text": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 
-def kube_client() -> client.ApiClient:
+def kube_client(connections: int = WORKERS) -> client.ApiClient:
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)
@@ -31,7 +31,7 @@ def kube_client() -> client.ApiClient:
         config.load_kube_config(client_configuration=cfg)
     # One connection per handler thread: a smaller pool opens and drops a TLS connection for
     # every call beyond it.
-    cfg.connection_pool_maxsize = handlers.WORKERS
+    cfg.connection_pool_maxsize = connections
     return client.ApiClient(cfg)
 
 
@@ -86,7 +86,7 @@ def run_operator(args) -> int:
                          "choose one (the Lease: unset --peering)")
     metrics = Metrics()
     start_http_server(args.metrics_port, registry=metrics.registry)
-    api = kube_client()
+    api = kube_client(args.workers)
     elector = None
     if election is not None:
         # A standby runs nothing of the operator (no watch, no handler) until it leads.
@@ -102,7 +102,7 @@ def run_operator(args) -> int:
         handlers.register_peering_resync()
     try:
         kopf.run(
-            memo=kopf.Memo(controller=controller),
+            memo=kopf.Memo(controller=controller, workers=args.workers),
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             liveness_endpoint=args.liveness,

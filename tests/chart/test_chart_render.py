@@ -25,7 +25,7 @@ from chartkit import (
 
 from cream_operator import policy
 from cream_operator.cli import build_parser
-from cream_operator.config import OperatorConfig
+from cream_operator.config import WORKERS, OperatorConfig
 from cream_operator.leader import ElectionConfig
 from cream_operator.spec import CreamRunSpec
 
@@ -96,6 +96,8 @@ def test_helmignore_keeps_ci_values_out_of_the_package(tmp_path):
     {"watchNamespaces": "team-a"},
     {"watchNamespaces": ["Team_A"]},
     {"ports": {"metrics": 80}},  # a non-root container cannot bind it
+    {"workers": 0},  # the operator would refuse to start
+    {"logFormat": "yaml"},
     {"stages": {"defaultGpus": -1}},
     {"stages": {"runAsUser": 0}},  # root: runAsNonRoot refuses every stage Pod
     {"stages": {"runAsUser": "cream"}},  # runAsNonRoot can verify only a number
@@ -207,6 +209,7 @@ def test_cluster_wide_operator_command_line_and_pod(tmp_path):
     args = parse_operator_args(container)
     assert args.namespace == []  # cluster-wide
     assert args.peering is None and not args.verbose
+    assert (args.log_format, args.workers) == ("text", WORKERS)  # the operator's own defaults
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert args.liveness == f"http://0.0.0.0:{ports['health']}/healthz"
     assert args.metrics_port == ports["metrics"]
@@ -256,6 +259,7 @@ def test_values_reach_the_operator_as_its_configuration(tmp_path):
     args = parse_operator_args(container)
     assert args.namespace == EVERYTHING["watchNamespaces"]
     assert (args.peering, args.priority, args.verbose) == ("cream", 100, True)
+    assert (args.log_format, args.workers) == ("json", 64)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == EVERYTHING["nodeSelector"]
     assert pod["tolerations"] == EVERYTHING["tolerations"]

@@ -22,8 +22,10 @@ from kubeharness.process import die_with_parent, free_port
 
 
 class OperatorProcess:
-    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, storage_uri: str):
+    def __init__(self, env: dict[str, str], namespace: str, log_dir: Path, storage_uri: str,
+                 args: tuple[str, ...] = ()):
         self.env = {**env, "CREAM_STORAGE_URI": storage_uri, "PYTHONUNBUFFERED": "1"}
+        self.args = tuple(args)  # more `cream operator` flags
         self.namespace = namespace
         self.log_dir = log_dir
         self.metrics_port = free_port()
@@ -37,7 +39,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cream_operator", "--namespace", self.namespace,
              "--metrics-port", str(self.metrics_port),
-             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz"],
+             "--liveness", f"http://127.0.0.1:{self.health_port}/healthz", *self.args],
             env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=die_with_parent,  # never outlive a pytest that was killed
         )
