@@ -42,7 +42,10 @@ memory.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import datetime
+import gc
 import json
 import os
 import platform
@@ -266,11 +269,20 @@ def flops(model, work: Work) -> float:
 
 # ---------------------------------------------------------------- measuring
 
+def _malloc_trim() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: the figures may read low
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 class PeakRss:
     """The resident memory high-water mark while inside the block, above its level at entry
-    (sampled from /proc every 5 ms; Linux)."""
+    (sampled from /proc every 5 ms; Linux). glibc keeps freed blocks under its mmap threshold
+    (up to 32 MiB each) resident, so a method run after one that peaked higher would reuse them
+    and read near zero: they go back to the kernel (malloc_trim) before the level is taken."""
 
     def __enter__(self):
+        gc.collect()
+        _malloc_trim()
         self.base = self.peak = self._rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
