@@ -259,7 +259,7 @@ def test_values_reach_the_operator_as_its_configuration(tmp_path):
     args = parse_operator_args(container)
     assert args.namespace == EVERYTHING["watchNamespaces"]
     assert (args.peering, args.priority, args.verbose) == ("cream", 100, True)
-    assert (args.log_format, args.workers) == ("json", 64)
+    assert (args.log_format, args.workers) == ("json", 48)
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == EVERYTHING["nodeSelector"]
     assert pod["tolerations"] == EVERYTHING["tolerations"]
