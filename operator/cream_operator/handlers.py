@@ -14,7 +14,6 @@ import logging
 import kopf
 
 from . import jobs
-from .config import WORKERS
 from .controller import Controller
 from .spec import GROUP, PLURAL, VERSION
 
@@ -24,6 +23,8 @@ EVENTS = ("", "v1", "events")
 FAILED_CREATE = "involvedObject.kind=Job,reason=FailedCreate"
 
 RESYNC_SECONDS = 60.0
+
+
 def _controller(memo: kopf.Memo) -> Controller:
     return memo.controller
 
@@ -35,7 +36,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
-    settings.execution.max_workers = memo.get("workers", WORKERS)
+    settings.execution.max_workers = memo.workers  # cream operator --workers
     # Of all Events, only the Job controller's "cannot create a Pod" ones, filtered by the API
     # server: one quiet watch instead of a LIST per waiting Job.
     settings.watching.field_selectors[EVENTS] = FAILED_CREATE

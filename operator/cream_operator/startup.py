@@ -14,7 +14,7 @@ from kubernetes import client, config
 from prometheus_client import start_http_server
 
 from . import handlers  # noqa: F401 - importing it registers the kopf handlers
-from .config import WORKERS, OperatorConfig
+from .config import OperatorConfig
 from .controller import Controller
 from .leader import ElectionConfig, Elector, LeaseLock
 from .metrics import Metrics
@@ -23,7 +23,7 @@ from .resync import Resync
 LOG_FORMATS = {"text": kopf.LogFormat.FULL, "json": kopf.LogFormat.JSON}
 
 
-def kube_client(connections: int = WORKERS) -> client.ApiClient:
+def kube_client(connections: int) -> client.ApiClient:
     cfg = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=cfg)
